@@ -1,0 +1,70 @@
+"""The files of one run folder, each written atomically (a temporary file, then a rename)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+METRICS, SUMMARY, CHECKPOINT = "metrics.csv", "summary.json", "checkpoint.pt"
+METRIC_COLUMNS = (
+    "epoch", "step", "lr", "r_max", "d_max", "train_loss", "train_error",
+    "val_loss", "val_error", "seconds", "samples_per_s",
+)  # fmt: skip
+FINAL_STATUSES = ("completed", "diverged")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` so that readers see the old file or the new one, never a torn one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes files private; these are ordinary results
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(run_dir / METRICS, buffer.getvalue().encode())
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    write_atomic(run_dir / SUMMARY, (json.dumps(summary, indent=2, allow_nan=True) + "\n").encode())
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / SUMMARY
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def is_finished(run_dir: Path) -> bool:
+    summary = read_summary(run_dir)
+    return summary is not None and summary.get("status") in FINAL_STATUSES
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(run_dir / CHECKPOINT, buffer.getvalue())
+
+
+def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / CHECKPOINT
+    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
