@@ -102,14 +102,15 @@ def is_normalized(cfg: DictConfig) -> bool:
 
 
 def renorm_limits(cfg: DictConfig, epoch: int, step: int) -> tuple[float, float]:
-    """(r_max, d_max) for batch renorm at this point of training (0-based epoch and global step).
+    """(r_max, d_max) for batch renorm during epoch number ``epoch`` and step number ``step`` (both from 1).
 
-    (1, 0) for ``warmup`` units, then a linear ramp over ``ramp`` units to (r_max, d_max), held after;
-    the unit is ``epoch`` (constant within an epoch) or ``step``.
+    (1, 0) for the first ``warmup`` units, then a linear ramp that reaches (r_max, d_max) after ``ramp`` more
+    units, held after; the unit is ``epoch`` (constant within an epoch) or ``step``. With the writeup's
+    warmup=5, ramp=5 in epochs: epochs 1-5 are plain batch norm, epochs 6-10 ramp, epoch 10 on uses (3, 5).
     """
     sched = cfg.schedule
     t = epoch if sched.unit == "epoch" else step
-    frac = 1.0 if sched.ramp == 0 and t >= sched.warmup else (t - sched.warmup) / max(sched.ramp, 1e-12)
+    frac = (t - sched.warmup) / sched.ramp if sched.ramp > 0 else float(t > sched.warmup)
     frac = min(max(frac, 0.0), 1.0)
     return 1.0 + frac * (cfg.r_max - 1.0), frac * cfg.d_max
 

@@ -192,8 +192,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             while i < len(batches) and stop.signum is None:
                 chunk_start = step
                 for idx in batches[i : i + steps_per_sync]:
-                    if renorm and norm.renorm_limits(cfg.norm, epoch, step) != limits:
-                        limits = norm.renorm_limits(cfg.norm, epoch, step)
+                    if renorm and norm.renorm_limits(cfg.norm, epoch + 1, step + 1) != limits:
+                        limits = norm.renorm_limits(cfg.norm, epoch + 1, step + 1)
                         norm.set_renorm_limits(model, *limits)
                     x, y = train_set.images.index_select(0, idx), train_set.labels.index_select(0, idx)
                     logits = model(x)

@@ -1,0 +1,35 @@
+"""The writeup's LeNet: shapes, layer order and initialisation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from normexp.model import LeNet
+from normexp.norm import BatchRenorm2d
+
+
+def test_lenet_maps_digits_to_ten_scores_through_the_writeups_layers():
+    model = LeNet(lambda c: BatchRenorm2d(c))
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    kinds = [type(m) for m in model.features]
+    assert kinds == [nn.Conv2d, BatchRenorm2d, nn.MaxPool2d, nn.Conv2d, BatchRenorm2d, nn.MaxPool2d,
+                     nn.Conv2d, BatchRenorm2d, nn.ReLU, nn.Conv2d]  # fmt: skip
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (1, 20, (5, 5)), (20, 50, (5, 5)), (50, 500, (4, 4)), (500, 10, (1, 1))
+    ]  # fmt: skip
+
+
+def test_lenet_initialisation_is_normal_0_01_with_zero_bias():
+    torch.manual_seed(0)
+    model = LeNet(lambda c: nn.Identity())
+    big = model.features[6]  # 50x500x4x4 = 400k weights: the sample std is close to 0.01
+    assert abs(big.weight.std().item() - 0.01) < 2e-4 and abs(big.weight.mean().item()) < 1e-4
+    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_lenet_without_norm_is_a_plain_convnet():
+    model = LeNet(lambda c: nn.Identity())
+    assert sum(isinstance(m, nn.Identity) for m in model.features) == 3
+    assert sum(p.numel() for p in model.parameters()) == 20 * 25 + 20 + 50 * 20 * 25 + 50 + 500 * 50 * 16 + 500 + 5010

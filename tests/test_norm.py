@@ -1,0 +1,258 @@
+"""Every norm layer against a reference computation in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from normexp.norm import (
+    NORM_NAMES,
+    BatchNorm2d,
+    BatchRenorm2d,
+    create_norm_layer,
+    norm_parameters,
+    renorm_limits,
+    set_renorm_limits,
+    validate,
+)
+
+EPS = 1e-4
+CHANNELS = (20, 50, 500)
+
+
+def norm_cfg(name: str, **extra):
+    base = {
+        "none": {},
+        "bn": {"eps": EPS, "momentum": 0.1},
+        "brn": {"eps": EPS, "alpha": 0.01, "r_max": 3.0, "d_max": 5.0,
+                "schedule": {"unit": "epoch", "warmup": 5, "ramp": 5}},
+        "gn": {"eps": EPS, "groups": 2},
+        "ln": {"eps": EPS},
+        "in": {"eps": EPS},
+    }[name]  # fmt: skip
+    return OmegaConf.create({"name": name, **base, **extra})
+
+
+def brn64(channels: int, seed: int = 0) -> BatchRenorm2d:
+    torch.manual_seed(seed)
+    layer = BatchRenorm2d(channels, eps=EPS, alpha=0.01).double()
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.uniform_(-0.5, 0.5)
+    return layer
+
+
+def reference_renorm(x, weight, bias, mu, sigma, r_max, d_max):
+    """Ioffe 2017, Algorithm 1, written out directly."""
+    dims = [0, *range(2, x.dim())]
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    mu_b = x.mean(dim=dims)
+    sigma_b = (((x - mu_b.view(shape)) ** 2).mean(dim=dims) + EPS).sqrt()
+    r = torch.clamp(sigma_b.detach() / sigma, 1 / r_max, r_max)
+    d = torch.clamp((mu_b.detach() - mu) / sigma, -d_max, d_max)
+    x_hat = (x - mu_b.view(shape)) / sigma_b.view(shape) * r.view(shape) + d.view(shape)
+    return weight.view(shape) * x_hat + bias.view(shape), mu_b, sigma_b, r, d
+
+
+@pytest.mark.parametrize("shape", [(8, 5), (6, 5, 4, 3)])
+def test_brn_without_slack_is_batch_norm_in_output_and_gradients(shape):
+    layer = brn64(shape[1])
+    x = torch.randn(*shape, dtype=torch.float64) * 3 + 1
+    x1 = x.clone().requires_grad_()
+    y = layer(x1)
+    upstream = torch.randn_like(y)
+    (y * upstream).sum().backward()
+
+    x2 = x.clone().requires_grad_()
+    w2 = layer.weight.detach().clone().requires_grad_()
+    b2 = layer.bias.detach().clone().requires_grad_()
+    y_ref = F.batch_norm(x2, None, None, w2, b2, training=True, eps=EPS)
+    (y_ref * upstream).sum().backward()
+
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(layer.weight.grad, w2.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(layer.bias.grad, b2.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(16, 4), (4, 4, 3, 3)])
+def test_brn_clips_r_and_d_exactly_and_stops_their_gradient(shape):
+    layer = brn64(shape[1], seed=1)
+    layer.set_limits(1.5, 0.25)
+    mu = torch.tensor([0.0, 3.0, -3.0, 0.1], dtype=torch.float64)
+    sigma = torch.tensor([1.0, 10.0, 0.1, 1.0], dtype=torch.float64)
+    layer.running_mean.copy_(mu)
+    layer.running_std.copy_(sigma)
+    x = (torch.randn(*shape, dtype=torch.float64) * 2).requires_grad_()
+    y = layer(x)
+    upstream = torch.randn_like(y)
+    (y * upstream).sum().backward()
+
+    x_ref = x.detach().clone().requires_grad_()
+    w_ref = layer.weight.detach().clone().requires_grad_()
+    b_ref = layer.bias.detach().clone().requires_grad_()
+    y_ref, _, _, r, d = reference_renorm(x_ref, w_ref, b_ref, mu, sigma, 1.5, 0.25)
+    (y_ref * upstream).sum().backward()
+
+    # the chosen statistics push both r and d onto their limits in some channels
+    assert (r == 1.5).any() and (r == 1 / 1.5).any() and (d.abs() == 0.25).any()
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(layer.weight.grad, w_ref.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_brn_moving_statistics_follow_the_mean_and_std_update():
+    layer = brn64(3)
+    layer.set_limits(3.0, 5.0)
+    mu0 = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    sigma0 = torch.tensor([2.0, 0.5, 1.0], dtype=torch.float64)
+    layer.running_mean.copy_(mu0)
+    layer.running_std.copy_(sigma0)
+    x = torch.randn(10, 3, 2, 2, dtype=torch.float64) * 4 + 3
+    y = layer(x)
+    y_ref, mu_b, sigma_b, _, _ = reference_renorm(x, layer.weight, layer.bias, mu0, sigma0, 3.0, 5.0)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)  # r, d from the statistics before the update
+    torch.testing.assert_close(layer.running_mean, mu0 + 0.01 * (mu_b - mu0), rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(layer.running_std, sigma0 + 0.01 * (sigma_b - sigma0), rtol=1e-14, atol=1e-14)
+
+
+def test_brn_starts_at_zero_mean_unit_std_and_evaluates_with_moving_stats():
+    layer = brn64(4)
+    assert torch.equal(layer.running_mean, torch.zeros(4, dtype=torch.float64))
+    assert torch.equal(layer.running_std, torch.ones(4, dtype=torch.float64))
+    layer.running_mean.copy_(torch.tensor([1.0, -2.0, 0.0, 0.5]))
+    layer.running_std.copy_(torch.tensor([2.0, 0.5, 1.0, 3.0]))
+    layer.eval()
+    x = torch.randn(5, 4, 3, 3, dtype=torch.float64)
+    shape = (1, -1, 1, 1)
+    expected = layer.weight.view(shape) * (x - layer.running_mean.view(shape)) / layer.running_std.view(
+        shape
+    ) + layer.bias.view(shape)
+    before = layer.running_mean.clone()
+    torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(layer.running_mean, before)
+
+
+@pytest.mark.parametrize("layer", [BatchRenorm2d(7, eps=EPS), BatchNorm2d(7, eps=EPS)], ids=["brn", "bn"])
+def test_batch_size_one_on_a_one_by_one_map_gives_no_nan(layer):
+    if isinstance(layer, BatchRenorm2d):
+        layer.set_limits(3.0, 5.0)
+    x = torch.randn(1, 7, 1, 1, requires_grad=True)
+    for _ in range(3):
+        y = layer(x)
+        y.sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(b).all() for b in layer.buffers())
+    layer.eval()
+    assert torch.isfinite(layer(torch.randn(2, 7, 1, 1))).all()
+
+
+def test_bn_matches_pytorch_batch_norm_and_runs_the_math_at_one_value_per_channel():
+    torch.manual_seed(0)
+    ours, theirs = BatchNorm2d(6, eps=EPS).double(), nn.BatchNorm2d(6, eps=EPS).double()
+    x = torch.randn(4, 6, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours.running_var, theirs.running_var, rtol=1e-12, atol=1e-12)
+
+    single = torch.randn(1, 6, 1, 1, dtype=torch.float64)
+    mean_before, var_before = ours.running_mean.clone(), ours.running_var.clone()
+    y = ours(single)
+    # one value per channel: x - mu_B = 0, so the output is the shift; the moving variance gets 0
+    torch.testing.assert_close(y, ours.bias.detach().view(1, -1, 1, 1).expand_as(y), rtol=0, atol=1e-12)
+    torch.testing.assert_close(ours.running_mean, 0.9 * mean_before + 0.1 * single.flatten())
+    torch.testing.assert_close(ours.running_var, 0.9 * var_before)
+
+
+def test_brn_state_dict_round_trip():
+    layer = brn64(5)
+    layer.set_limits(2.0, 1.0)
+    for _ in range(3):
+        layer(torch.randn(4, 5, 2, 2, dtype=torch.float64))
+    state = layer.state_dict()
+    assert set(state) == {"weight", "bias", "running_mean", "running_std"}
+    copy = BatchRenorm2d(5, eps=EPS).double()
+    copy.load_state_dict(state)
+    x = torch.randn(3, 5, 2, 2, dtype=torch.float64)
+    layer.eval(), copy.eval()
+    torch.testing.assert_close(copy(x), layer(x), rtol=0, atol=0)
+
+
+def test_gn_equals_a_hand_computation():
+    torch.manual_seed(0)
+    layer = create_norm_layer(norm_cfg("gn"), 20).double()
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.uniform_(-1, 1)
+    x = torch.randn(3, 20, 4, 4, dtype=torch.float64) * 2 + 1
+    groups = x.view(3, 2, 10, 4, 4)
+    mean = groups.mean(dim=(2, 3, 4), keepdim=True)
+    var = ((groups - mean) ** 2).mean(dim=(2, 3, 4), keepdim=True)
+    x_hat = ((groups - mean) / (var + EPS).sqrt()).view_as(x)
+    expected = x_hat * layer.weight.view(1, -1, 1, 1) + layer.bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_ln_and_in_are_layer_and_instance_norm():
+    x = torch.randn(3, 50, 5, 5, dtype=torch.float64)
+    ln = create_norm_layer(norm_cfg("ln"), 50).double()
+    inorm = create_norm_layer(norm_cfg("in"), 50).double()
+    torch.testing.assert_close(ln(x), F.layer_norm(x, x.shape[1:], eps=EPS), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(inorm(x), F.instance_norm(x, eps=EPS), rtol=1e-12, atol=1e-12)
+    assert ln.num_groups == 1 and inorm.num_groups == 50
+
+
+def test_factory_builds_each_name_and_only_norm_parameters_are_collected():
+    kinds = {"none": nn.Identity, "bn": BatchNorm2d, "brn": BatchRenorm2d, "gn": nn.GroupNorm,
+             "ln": nn.GroupNorm, "in": nn.GroupNorm}  # fmt: skip
+    assert set(NORM_NAMES) == set(kinds)
+    for name, kind in kinds.items():
+        layer = create_norm_layer(norm_cfg(name), 20)
+        assert type(layer) is kind
+    assert create_norm_layer(norm_cfg("gn", groups="per_channel"), 50).num_groups == 50
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), create_norm_layer(norm_cfg("brn"), 4))
+    assert norm_parameters(model) == {model[1].weight, model[1].bias}
+
+
+def test_renorm_schedule_is_the_writeups():
+    cfg = norm_cfg("brn")
+    limits = [renorm_limits(cfg, epoch, step=0) for epoch in range(1, 13)]
+    assert limits[:5] == [(1.0, 0.0)] * 5
+    assert [round(r, 10) for r, _ in limits[5:10]] == [1.4, 1.8, 2.2, 2.6, 3.0]
+    assert [round(d, 10) for _, d in limits[5:10]] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert limits[10:] == [(3.0, 5.0)] * 2
+
+    in_steps = norm_cfg("brn", schedule={"unit": "step", "warmup": 100, "ramp": 50})
+    assert renorm_limits(in_steps, epoch=99, step=100) == (1.0, 0.0)
+    assert renorm_limits(in_steps, epoch=1, step=125) == (2.0, 2.5)
+    assert renorm_limits(in_steps, epoch=1, step=10_000) == (3.0, 5.0)
+
+
+def test_set_renorm_limits_reaches_every_layer():
+    model = nn.Sequential(BatchRenorm2d(3), nn.ReLU(), BatchRenorm2d(4))
+    set_renorm_limits(model, 2.5, 1.5)
+    assert [(m.r_max, m.d_max) for m in (model[0], model[2])] == [(2.5, 1.5), (2.5, 1.5)]
+
+
+@pytest.mark.parametrize(
+    ("cfg", "fragment"),
+    [
+        (norm_cfg("gn", groups=3), "norm.groups=3: must divide every layer's channel count (20, 50, 500)"),
+        (norm_cfg("gn", groups=0), "norm.groups=0: must be a positive integer or 'per_channel'"),
+        (norm_cfg("brn", r_max=0.5), "norm.r_max=0.5: must be a number >= 1"),
+        (norm_cfg("brn", d_max=-1), "norm.d_max=-1: must be a number >= 0"),
+        (norm_cfg("bn", momentum=2), "norm.momentum=2: must be a number in [0, 1]"),
+        (OmegaConf.create({"name": "xn"}), "norm.name='xn': unknown; allowed: none, bn, brn, gn, ln, in"),
+    ],
+)
+def test_validate_names_key_value_and_what_is_allowed(cfg, fragment):
+    assert validate(cfg, CHANNELS) == [fragment]
+
+
+def test_valid_configs_have_no_problems():
+    for name in NORM_NAMES:
+        assert validate(norm_cfg(name), CHANNELS) == []
+    for groups in (1, 2, 5, 10, "per_channel"):
+        assert validate(norm_cfg("gn", groups=groups), CHANNELS) == []
