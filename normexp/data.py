@@ -7,12 +7,10 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from torchvision import datasets
 
-DATASETS: dict[str, type[datasets.MNIST]] = {
-    "mnist": datasets.MNIST,
-    "fashion_mnist": datasets.FashionMNIST,
-}
+# data.name -> torchvision dataset class; torchvision is imported only to read or download (it takes about a
+# second to import, which every start-up check and every rejected command line would otherwise pay)
+DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 
 
@@ -30,7 +28,7 @@ class Split:
 
 
 def raw_folder(cfg: DictConfig) -> Path:
-    return Path(cfg.root) / DATASETS[cfg.name].__name__ / "raw"
+    return Path(cfg.root) / DATASETS[cfg.name] / "raw"
 
 
 def _raw_files(cfg: DictConfig, train: bool) -> tuple[Path, Path]:
@@ -40,7 +38,8 @@ def _raw_files(cfg: DictConfig, train: bool) -> tuple[Path, Path]:
 
 
 def _expected_files() -> str:
-    return ", ".join(p for t in ("train", "t10k") for p in (f"{t}-images-idx3-ubyte", f"{t}-labels-idx1-ubyte"))
+    kinds = ("images-idx3-ubyte", "labels-idx1-ubyte")
+    return ", ".join(f"{split}-{kind}" for split in ("train", "t10k") for kind in kinds)
 
 
 def _idx_count(path: Path, magic: int, item_bytes: int, header_bytes: int) -> int:
@@ -52,7 +51,7 @@ def _idx_count(path: Path, magic: int, item_bytes: int, header_bytes: int) -> in
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror})") from err
     if len(header) < header_bytes:
-        raise DataError(f"{path}: truncated: {size} bytes, shorter than the IDX header ({header_bytes} bytes)")
+        raise DataError(f"{path}: truncated: {size} bytes, less than its {header_bytes}-byte IDX header")
     found = int.from_bytes(header[:4], "big")
     if found != magic:
         raise DataError(f"{path}: wrong magic number {found}, expected {magic}: not an IDX file of this kind")
@@ -77,20 +76,26 @@ def files_present(cfg: DictConfig) -> bool:
     return all(p.exists() for train in (True, False) for p in _raw_files(cfg, train))
 
 
-def validate(cfg: DictConfig) -> list[str]:
-    """Problems with ``conf/data`` values and files, one line each, without loading any data."""
+def check(cfg: DictConfig) -> None:
+    """Raises DataError for a wrong ``conf/data`` value, missing files that may not be downloaded, or a file
+    that is not a whole IDX file of its kind; reads only the headers. Files still to be downloaded pass."""
     if cfg.name not in DATASETS:
-        return [f"data.name={cfg.name!r}: unknown; allowed: {', '.join(DATASETS)}"]
+        raise DataError(f"data.name={cfg.name!r}: unknown; allowed: {', '.join(DATASETS)}")
     if not isinstance(cfg.download, bool):
-        return [f"data.download={cfg.download!r}: must be true or false"]
+        raise DataError(f"data.download={cfg.download!r}: must be true or false")
     if not files_present(cfg):
         if cfg.download:
-            return []  # fetched on load
-        return [f"data.root={cfg.root!r}: no {cfg.name} data in {raw_folder(cfg)} and data.download=false; "
-                f"expected the files {_expected_files()}"]
+            return
+        raise DataError(f"data.root={cfg.root!r}: no {cfg.name} data in {raw_folder(cfg)} and "
+                        f"data.download=false; expected the files {_expected_files()}")
+    _check_split(cfg, train=True)
+    _check_split(cfg, train=False)
+
+
+def validate(cfg: DictConfig) -> list[str]:
+    """Problems with ``conf/data`` values and files, one line each, without loading any data."""
     try:
-        _check_split(cfg, train=True)
-        _check_split(cfg, train=False)
+        check(cfg)
     except DataError as err:
         return [str(err)]
     return []
@@ -101,25 +106,42 @@ def train_size(cfg: DictConfig) -> int | None:
     return _check_split(cfg, train=True) if files_present(cfg) else None
 
 
-def _read(cfg: DictConfig, train: bool) -> datasets.MNIST:
+def _last_line(err: BaseException) -> str:
+    """The last line of a possibly multi-line error (torchvision's download error ends with the cause)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def _read(cfg: DictConfig, train: bool):
+    from torchvision import datasets
+
     try:
-        return DATASETS[cfg.name](root=cfg.root, train=train, download=cfg.download)
+        return getattr(datasets, DATASETS[cfg.name])(root=cfg.root, train=train, download=cfg.download)
     except (RuntimeError, OSError) as err:
-        raise DataError(f"{cfg.name} data could not be read or downloaded into {raw_folder(cfg)} "
-                        f"({err}); expected the files {_expected_files()}") from err
+        what = "the download failed" if cfg.download and not files_present(cfg) else "they could not be read"
+        raise DataError(f"data.root={cfg.root!r}: no usable {cfg.name} data in {raw_folder(cfg)}: {what} "
+                        f"({_last_line(err)}); expected the files {_expected_files()}") from err
+
+
+def fetch(cfg: DictConfig) -> None:
+    """Downloads the files if they are missing and ``cfg.download`` allows it (once, before any run starts,
+    so that the jobs of a sweep do not race to download into one folder); raises DataError."""
+    if cfg.download and not files_present(cfg):
+        _read(cfg, train=True), _read(cfg, train=False)
 
 
 def load(cfg: DictConfig, device: torch.device) -> tuple[Split, Split]:
     """Train and test splits as device tensors, centred by the training split's per-pixel mean image."""
+    fetch(cfg)
+    check(cfg)  # a clear error naming the file, not torchvision's reshape error, for a truncated file
     train, test = _read(cfg, train=True), _read(cfg, train=False)
-    if files_present(cfg):  # check what a download fetched as strictly as what was already there
-        _check_split(cfg, train=True), _check_split(cfg, train=False)
     train_images = train.data.to(device=device, dtype=torch.float32).unsqueeze(1)
     mean_image = train_images.mean(dim=0, keepdim=True)
     test_images = test.data.to(device=device, dtype=torch.float32).unsqueeze(1)
+    # in place: a second float copy of the training split would add 190 MB to a run's peak memory
     return (
-        Split(train_images - mean_image, train.targets.to(device)),
-        Split(test_images - mean_image, test.targets.to(device)),
+        Split(train_images.sub_(mean_image), train.targets.to(device)),
+        Split(test_images.sub_(mean_image), test.targets.to(device)),
     )
 
 

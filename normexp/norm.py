@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
@@ -73,7 +72,9 @@ class BatchRenorm2d(nn.Module):
         return torch.addcmul(shift.view(shape), x, scale.view(shape))
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, alpha={self.alpha}, r_max={self.r_max}, d_max={self.d_max}"
+        return (
+            f"{self.num_features}, eps={self.eps}, alpha={self.alpha}, r_max={self.r_max}, d_max={self.d_max}"
+        )
 
 
 def _group_count(cfg: DictConfig, num_channels: int) -> int:

@@ -25,7 +25,10 @@ def build(
     """SGD with momentum; ``no_decay`` parameters (norm scale and shift) get no weight decay.
     ``fused`` picks the single-kernel update, the same arithmetic in fewer operations."""
     decay = [p for p in model.parameters() if p not in no_decay]
-    groups = [{"params": decay}, {"params": [p for p in model.parameters() if p in no_decay], "weight_decay": 0.0}]
+    groups = [
+        {"params": decay},
+        {"params": [p for p in model.parameters() if p in no_decay], "weight_decay": 0.0},
+    ]
     groups = [g for g in groups if g["params"]]
     return torch.optim.SGD(
         groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused or None
@@ -52,6 +55,10 @@ def validate(cfg: DictConfig) -> list[str]:
         problems.append(f"optim.weight_decay={wd!r}: must be a number >= 0")
     if cfg.scaling not in SCALINGS:
         problems.append(f"optim.scaling={cfg.scaling!r}: allowed: {', '.join(SCALINGS)}")
-    if isinstance(cfg.ref_batch_size, bool) or not isinstance(cfg.ref_batch_size, int) or cfg.ref_batch_size < 1:
+    if (
+        isinstance(cfg.ref_batch_size, bool)
+        or not isinstance(cfg.ref_batch_size, int)
+        or cfg.ref_batch_size < 1
+    ):
         problems.append(f"optim.ref_batch_size={cfg.ref_batch_size!r}: must be an integer >= 1")
     return problems

@@ -1,8 +1,19 @@
-"""Thread count and CPU convolution backend for a run, from its batch size and how many jobs share the box.
+"""CPU settings of a run (threads, oneDNN, memory layout), from its batch size and the jobs sharing the box.
 
-Measured with ``scripts/bench.py`` on a 2-core machine: tiny batches are dominated by per-operation overhead,
-where one thread and PyTorch's native convolutions (oneDNN off) are fastest; large batches are dominated by
-arithmetic, where oneDNN on all the job's cores is fastest.
+Chosen by measurement on this project's 2-core machine (AMD EPYC, torch 2.14; ``scripts/bench.py`` and the
+README's Performance section). One training step of the GN LeNet, wall ms, median of repeated runs:
+
+    batch size                      1      2      4      8     16     64    256
+    native, NCHW, 1 thread        0.74   1.05   1.69   3.00   8.39   31.1  120.7
+    oneDNN, NHWC, 1 thread        1.60   1.76   1.99   2.87   5.29   14.4   54.1
+    oneDNN, NHWC, 2 threads       1.34   2.41   2.88   3.52   4.19    7.9   30.1
+    oneDNN, NCHW, 2 threads       1.33   2.29   2.80   3.39   4.35   13.3   44.9   (torch's defaults)
+
+Tiny batches are dominated by per-operation overhead: PyTorch's native convolutions on one thread are fastest,
+oneDNN's per-call set-up and a second thread's synchronisation are pure cost. From batch size 8 on, oneDNN
+with channels-last (NHWC) weights does the arithmetic 2-2.5x faster than either backend in NCHW, and from 16
+on a second thread pays. Two jobs side by side, one core each, use the machine better than one job on two
+threads; so "auto" gives each job its share of the cores (see ``parallel_jobs``).
 """
 
 from __future__ import annotations
@@ -12,14 +23,20 @@ from dataclasses import dataclass
 
 import torch
 
-# Largest batch size still run with one thread and oneDNN off when "auto" (chosen with scripts/bench.py).
-SMALL_BATCH_MAX = 16
+# Under "auto": the largest batch sizes run with PyTorch's native convolutions (oneDNN off), and on one thread
+NATIVE_CONV_MAX = 4
+ONE_THREAD_MAX = 8
 
 
 @dataclass(frozen=True)
 class CpuSettings:
     threads: int
     mkldnn: bool
+    channels_last: bool = False  # conv weights, and so activations, in NHWC: oneDNN's fast layout
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
 def available_cores() -> int:
@@ -43,16 +60,43 @@ def parallel_jobs() -> int:
     return 1
 
 
-def choose(batch_size: int, device: torch.device, threads="auto", mkldnn="auto", jobs: int = 1) -> CpuSettings:
-    """The settings for a run; explicit values win over the rule."""
-    small = device.type == "cpu" and batch_size <= SMALL_BATCH_MAX
+def choose(
+    batch_size: int, device: torch.device, threads="auto", mkldnn="auto", jobs: int = 1, fast: bool = True
+) -> CpuSettings:
+    """The settings for a run; explicit ``threads``/``mkldnn`` values win over the rule. ``fast`` allows the
+    channels-last layout (used with oneDNN on CPU only; the plain path keeps PyTorch's default layout)."""
+    cpu = device.type == "cpu"
     cores = max(1, available_cores() // max(1, jobs))
+    use_mkldnn = bool(mkldnn) if mkldnn != "auto" else not (cpu and batch_size <= NATIVE_CONV_MAX)
+    one_thread = cpu and batch_size <= ONE_THREAD_MAX
     return CpuSettings(
-        threads=int(threads) if threads != "auto" else (1 if small else cores),
-        mkldnn=bool(mkldnn) if mkldnn != "auto" else not small,
+        threads=int(threads) if threads != "auto" else (1 if one_thread else cores),
+        mkldnn=use_mkldnn,
+        channels_last=fast and cpu and use_mkldnn,
     )
 
 
 def apply(settings: CpuSettings) -> None:
+    """Sets the process-wide parts (threads, oneDNN); the layout is applied to the model by its owner."""
     torch.set_num_threads(settings.threads)
     torch.backends.mkldnn.enabled = settings.mkldnn
+
+
+def to_layout(images: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """``images`` (N, C, H, W) with the strides of ``memory_format``. With one channel, NCHW and NHWC hold the
+    same bytes and ``.contiguous(memory_format=...)`` keeps the NCHW strides, which oneDNN then reads as NCHW;
+    a copy into an empty tensor of the wanted format gets the NHWC strides."""
+    if images.is_contiguous() and memory_format == torch.contiguous_format:
+        return images
+    return torch.empty_like(images, memory_format=memory_format).copy_(images)
+
+
+def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Lays each optimizer state tensor (momentum) out like its parameter, e.g. after loading a checkpoint
+    written under another layout: the fused update walks parameter, gradient and state as flat arrays."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param).copy_(value)

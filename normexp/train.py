@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ class EpochLog:
     def flush(self, max_loss: float, first_step: int, epoch: int) -> float:
         """Moves pending steps into the log (one host sync); returns their mean loss; raises Diverged."""
         losses = torch.stack([p[0] for p in self.pending])
-        wrong = (torch.cat([p[1] for p in self.pending]).argmax(1) != torch.cat([p[2] for p in self.pending]))
+        wrong = torch.cat([p[1] for p in self.pending]).argmax(1) != torch.cat([p[2] for p in self.pending])
         bad = (~torch.isfinite(losses)) | (losses > max_loss)
         self.pending.clear()
         if bad.any():
@@ -111,34 +112,92 @@ class EpochLog:
         return weighted.sum().item() / num_examples, self.wrong / num_examples
 
 
+def build_model(
+    cfg: DictConfig, device: torch.device, cpu: perf.CpuSettings
+) -> tuple[LeNet, torch.optim.SGD, float]:
+    """The run's LeNet (initialised from torch's RNG as it stands), in the layout of ``cpu``, with its SGD
+    (fused on the fast path) and learning rate."""
+    model = LeNet(partial(norm.create_norm_layer, cfg.norm)).to(device, memory_format=cpu.memory_format)
+    lr = optim.learning_rate(cfg.optim, cfg.batch_size, norm.is_normalized(cfg.norm))
+    optimizer = optim.build(model, cfg.optim, lr, norm.norm_parameters(model), fused=cfg.train.fast)
+    return model, optimizer, lr
+
+
+def train_steps(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_set: data.Split,
+    batches: list[torch.Tensor],
+    epoch_log: EpochLog,
+    first_step: int = 0,
+    before_step: Callable[[int], None] | None = None,
+    stop: StopSignal | None = None,
+) -> int:
+    """One SGD step on each index batch in turn, recording loss and logits in ``epoch_log`` without a host
+    sync. ``before_step(s)`` runs before the step that follows global step ``s``; a signal caught by ``stop``
+    ends the loop after the current step. Returns the number of steps taken."""
+    taken = 0
+    for idx in batches:
+        if before_step is not None:
+            before_step(first_step + taken)
+        x, y = train_set.images.index_select(0, idx), train_set.labels.index_select(0, idx)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        epoch_log.record(loss, logits, y)
+        taken += 1
+        if stop is not None and stop.signum is not None:
+            break
+    return taken
+
+
+def steps_per_sync(batch_size: int, fast: bool) -> int:
+    """Steps between two looks at the losses: about SAMPLES_PER_SYNC samples on the fast path, else 1."""
+    return max(1, SAMPLES_PER_SYNC // batch_size) if fast else 1
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train (or resume) the run in ``run_dir``; returns its summary."""
     bs, tc = cfg.batch_size, cfg.train
     epochs = planned_epochs(tc, bs)
     previous = runfiles.read_summary(run_dir) if tc.resume else None
     if previous and (previous["status"] == "diverged" or previous["epochs_run"] >= epochs):
-        log.info("%s: already %s after %d epochs, nothing to do", run_dir, previous["status"],
-                 previous["epochs_run"])
+        log.info(
+            "%s: already %s after %d epochs, nothing to do",
+            run_dir,
+            previous["status"],
+            previous["epochs_run"],
+        )
         return previous
 
     device = resolve_device(tc.device)
-    cpu = perf.choose(bs, device, tc.threads, tc.mkldnn, perf.parallel_jobs())
+    jobs = perf.parallel_jobs()
+    cpu = perf.choose(bs, device, tc.threads, tc.mkldnn, jobs, fast=tc.fast)
+    # evaluation runs in batches of eval_batch_size: the same rule for its settings and layout
+    eval_cpu = perf.choose(tc.eval_batch_size, device, tc.threads, tc.mkldnn, jobs, fast=tc.fast)
     perf.apply(cpu)
     torch.manual_seed(tc.seed)
     train_set, test_set = data.load(cfg.data, device)
-    model = LeNet(partial(norm.create_norm_layer, cfg.norm)).to(device)
-    lr = optim.learning_rate(cfg.optim, bs, norm.is_normalized(cfg.norm))
-    optimizer = optim.build(model, cfg.optim, lr, norm.norm_parameters(model), fused=tc.fast)
+    test_set = data.Split(perf.to_layout(test_set.images, eval_cpu.memory_format), test_set.labels)
+    model, optimizer, lr = build_model(cfg, device, cpu)
     renorm = cfg.norm.name == "brn"
+    renorm_per_step = renorm and cfg.norm.schedule.unit == "step"
 
     start_epoch, start_batch, step, rows, wall, epoch_log, epoch_seconds = 0, 0, 0, [], 0.0, EpochLog(), 0.0
     checkpoint = runfiles.load_checkpoint(run_dir) if tc.resume else None
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        perf.match_state_layout(optimizer)  # the checkpoint may come from a run with another memory layout
         torch.set_rng_state(checkpoint["rng"]["torch"])
         start_epoch, start_batch, step = checkpoint["epoch"], checkpoint["batch"], checkpoint["step"]
-        rows, wall, epoch_seconds = checkpoint["rows"], checkpoint["wall_seconds"], checkpoint["epoch_seconds"]
+        rows, wall, epoch_seconds = (
+            checkpoint["rows"],
+            checkpoint["wall_seconds"],
+            checkpoint["epoch_seconds"],
+        )
         epoch_log = EpochLog(checkpoint["epoch_losses"].to(device), checkpoint["epoch_wrong"])
         log.info("resuming %s at epoch %d, batch %d", run_dir, start_epoch + 1, start_batch)
 
@@ -163,6 +222,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "wall_seconds": round(wall, 3), "steps": step,
             "norm": cfg.norm.name, "batch_size": bs, "seed": tc.seed, "lr": lr, "data": cfg.data.name,
             "device": str(device), "threads": cpu.threads, "mkldnn": cpu.mkldnn, "fast": tc.fast,
+            "channels_last": cpu.channels_last,
             "config": OmegaConf.to_container(cfg, resolve=True), **extra,
         }  # fmt: skip
         runfiles.write_summary(run_dir, result)
@@ -170,13 +230,29 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     stop = StopSignal()
     stop.install()
-    samples_per_sync = SAMPLES_PER_SYNC if tc.fast else 1
-    steps_per_sync = max(1, samples_per_sync // bs)
+    sync_every = steps_per_sync(bs, tc.fast)
     show_bar = sys.stderr.isatty() if tc.progress == "auto" else bool(tc.progress)
     session_start = time.perf_counter()
     limits = (None, None)
-    log.info("%s, batch size %d, lr %.3g, %d epochs on %s (%d threads, oneDNN %s) -> %s", cfg.norm.name, bs, lr,
-             epochs, device, cpu.threads, "on" if cpu.mkldnn else "off", run_dir)
+
+    def update_renorm_limits(epoch: int, step: int) -> None:
+        """Batch renorm's (r_max, d_max) for the step after ``step`` steps, during 0-based ``epoch``."""
+        nonlocal limits
+        if norm.renorm_limits(cfg.norm, epoch + 1, step + 1) != limits:
+            limits = norm.renorm_limits(cfg.norm, epoch + 1, step + 1)
+            norm.set_renorm_limits(model, *limits)
+
+    log.info(
+        "%s, batch size %d, lr %.3g, %d epochs on %s (%d threads, oneDNN %s) -> %s",
+        cfg.norm.name,
+        bs,
+        lr,
+        epochs,
+        device,
+        cpu.threads,
+        "on" if cpu.mkldnn else "off",
+        run_dir,
+    )
 
     for epoch in range(start_epoch, epochs):
         batches = data.epoch_order(len(train_set), bs, tc.seed, epoch, device)
@@ -184,34 +260,44 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if epoch > start_epoch:
             epoch_log, epoch_seconds = EpochLog(), 0.0
         model.train()
-        bar = tqdm(total=len(batches), initial=first_batch, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                   disable=not show_bar, dynamic_ncols=True)
+        bar = tqdm(
+            total=len(batches),
+            initial=first_batch,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            leave=False,
+            disable=not show_bar,
+            dynamic_ncols=True,
+        )
         t0, last_log = time.perf_counter(), time.perf_counter()
         i = first_batch
+        if renorm:
+            update_renorm_limits(epoch, step)
+        # with a per-step schedule, the limits follow the global step inside the step loop too
+        before_step = partial(update_renorm_limits, epoch) if renorm_per_step else None
         try:
             while i < len(batches) and stop.signum is None:
                 chunk_start = step
-                for idx in batches[i : i + steps_per_sync]:
-                    if renorm and norm.renorm_limits(cfg.norm, epoch + 1, step + 1) != limits:
-                        limits = norm.renorm_limits(cfg.norm, epoch + 1, step + 1)
-                        norm.set_renorm_limits(model, *limits)
-                    x, y = train_set.images.index_select(0, idx), train_set.labels.index_select(0, idx)
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, y)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    epoch_log.record(loss, logits, y)
-                    step, i = step + 1, i + 1
-                    if stop.signum is not None:
-                        break
+                taken = train_steps(
+                    model,
+                    optimizer,
+                    train_set,
+                    batches[i : i + sync_every],
+                    epoch_log,
+                    first_step=step,
+                    before_step=before_step,
+                    stop=stop,
+                )
+                step, i = step + taken, i + taken
                 running_loss = epoch_log.flush(tc.max_loss, chunk_start + 1, epoch + 1)
-                bar.update(step - chunk_start)
+                bar.update(taken)
                 bar.set_postfix(loss=f"{running_loss:.4f}", refresh=False)
                 if not show_bar and time.perf_counter() - last_log > 30:
-                    log.info("epoch %d/%d batch %d/%d loss %.4f", epoch + 1, epochs, i, len(batches), running_loss)
+                    log.info(
+                        "epoch %d/%d batch %d/%d loss %.4f", epoch + 1, epochs, i, len(batches), running_loss
+                    )
                     last_log = time.perf_counter()
         except Diverged as div:
+            step = div.step  # steps later in the same chunk ran on an already blown-up model
             wall += time.perf_counter() - session_start
             log.warning("diverged: %s", div)
             runfiles.write_metrics(run_dir, rows)
@@ -223,26 +309,43 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             wall += time.perf_counter() - session_start
             save(epoch, i, train_seconds)
             summary("interrupted", interrupted_at={"epoch": epoch + 1, "batch": i})
-            log.warning("stopped by signal %d at epoch %d, batch %d: checkpoint saved; run the same command "
-                        "again to resume", stop.signum, epoch + 1, i)
+            log.warning(
+                "stopped by signal %d at epoch %d, batch %d: checkpoint saved; run the same command "
+                "again to resume",
+                stop.signum,
+                epoch + 1,
+                i,
+            )
             sys.exit(128 + stop.signum)
 
         sizes = torch.tensor([len(b) for b in batches])
         train_loss, train_error = epoch_log.means(sizes, len(train_set))
+        perf.apply(eval_cpu)
         val_loss, val_error = evaluate(model, test_set, tc.eval_batch_size)
+        perf.apply(cpu)
         seconds = epoch_seconds + time.perf_counter() - t0
         rows.append({
             "epoch": epoch + 1, "step": step, "lr": lr, "r_max": limits[0], "d_max": limits[1],
-            "train_loss": train_loss, "train_error": train_error, "val_loss": val_loss, "val_error": val_error,
+            "train_loss": train_loss, "train_error": train_error,
+            "val_loss": val_loss, "val_error": val_error,
             "seconds": round(seconds, 3), "samples_per_s": round(len(train_set) / train_seconds, 1),
         })  # fmt: skip
-        log.info("epoch %d/%d train loss %.4f error %.4f | val loss %.4f error %.4f | %.1fs", epoch + 1, epochs,
-                 train_loss, train_error, val_loss, val_error, seconds)
+        log.info(
+            "epoch %d/%d train loss %.4f error %.4f | val loss %.4f error %.4f | %.1fs",
+            epoch + 1,
+            epochs,
+            train_loss,
+            train_error,
+            val_loss,
+            val_error,
+            seconds,
+        )
         wall += time.perf_counter() - session_start
         session_start = time.perf_counter()
         epoch_log = EpochLog()
         save(epoch + 1, 0, 0.0)
     wall += time.perf_counter() - session_start
+    runfiles.write_metrics(run_dir, rows)  # again: a run killed between its last checkpoint and metrics
     return summary("completed")
 
 
@@ -292,9 +395,16 @@ def main(cfg: DictConfig) -> None:
         print(f"normexp: error: {err}", file=sys.stderr)
         sys.exit(1)
     if result["status"] == "completed" and result["final_val_error"] is not None:
-        log.info("completed: final val error %.4f (best %.4f at epoch %d)", result["final_val_error"],
-                 result["best_val_error"], result["best_epoch"])
+        log.info(
+            "completed: final val error %.4f (best %.4f at epoch %d)",
+            result["final_val_error"],
+            result["best_val_error"],
+            result["best_epoch"],
+        )
 
 
 if __name__ == "__main__":
+    from normexp.config import exit_if_unknown_choice  # here, not at the top: config imports this module
+
+    exit_if_unknown_choice(sys.argv[1:])  # one line for norm=foo, before Hydra's many-line message
     main()

@@ -60,3 +60,11 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
         [sys.executable, "-m", "normexp.train", *args],
         cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def run_cli_many(arg_lists: list[list[str]], env: dict | None = None, workers: int = 4) -> list:
+    """``run_cli`` for each argument list, a few at a time (most of each run is start-up, not training)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda args: run_cli(*args, env=env), arg_lists))

@@ -26,10 +26,15 @@ def test_lenet_initialisation_is_normal_0_01_with_zero_bias():
     model = LeNet(lambda c: nn.Identity())
     big = model.features[6]  # 50x500x4x4 = 400k weights: the sample std is close to 0.01
     assert abs(big.weight.std().item() - 0.01) < 2e-4 and abs(big.weight.mean().item()) < 1e-4
-    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert all(
+        torch.equal(m.bias, torch.zeros_like(m.bias)) for m in model.modules() if isinstance(m, nn.Conv2d)
+    )
 
 
 def test_lenet_without_norm_is_a_plain_convnet():
     model = LeNet(lambda c: nn.Identity())
     assert sum(isinstance(m, nn.Identity) for m in model.features) == 3
-    assert sum(p.numel() for p in model.parameters()) == 20 * 25 + 20 + 50 * 20 * 25 + 50 + 500 * 50 * 16 + 500 + 5010
+    assert (
+        sum(p.numel() for p in model.parameters())
+        == 20 * 25 + 20 + 50 * 20 * 25 + 50 + 500 * 50 * 16 + 500 + 5010
+    )

@@ -28,7 +28,9 @@ def test_auto_learning_rate_is_the_writeups_linearly_scaled(batch_size, normaliz
 
 
 def test_other_scalings_and_an_explicit_base_rate():
-    assert optim.learning_rate(sgd_cfg(scaling="sqrt", lr=0.1), 64, True) == pytest.approx(0.1 * math.sqrt(0.25))
+    assert optim.learning_rate(sgd_cfg(scaling="sqrt", lr=0.1), 64, True) == pytest.approx(
+        0.1 * math.sqrt(0.25)
+    )
     assert optim.learning_rate(sgd_cfg(scaling="none", lr=0.1), 1, False) == 0.1
 
 

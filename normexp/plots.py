@@ -1,0 +1,291 @@
+"""The writeup's figures from a results table (``normexp.results.load``), as matplotlib Figures.
+
+- ``convergence_figure``: one batch size, two panels, validation objective (log scale) and validation error
+  against epoch, one line per norm, as the mcnGroupNorm writeup's ``plotResults.m`` drew them (MATLAB's
+  default colours, its line styles). Several seeds: the mean, with a band from the lowest to the highest seed.
+- ``summary_figure``: final validation error against batch size, 256 down to 1 on a log-2 axis, one line per
+  norm, like Figure 1 of the GN paper.
+
+A run that diverged ends its line at its last finished epoch; a red x at the top of the panel marks the epoch
+in which its training loss blew up, and its legend entry says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, LogFormatter, MaxNLocator, NullLocator
+
+from normexp import results
+
+
+@dataclass(frozen=True)
+class Style:
+    writeup_name: str | None  # the writeup's legend name, where it has one
+    color: str
+    marker: str
+    linestyle: str
+
+
+# the writeup's line styles {'o-', '+--', '+-', '.-'} for BSLN, BNORM, GNORM, RENORM and MATLAB's default
+# colour order, fixed per norm here so that a norm keeps its colour at every batch size
+STYLES = {
+    "none": Style("BSLN", "#0072BD", "o", "-"),
+    "bn": Style("BNORM", "#D95319", "+", "--"),
+    "brn": Style("RENORM", "#7E2F8E", ".", "-"),
+    "gn": Style("GNORM", "#EDB120", "+", "-"),
+    "ln": Style(None, "#77AC30", "x", "-."),
+    "in": Style(None, "#4DBEEE", "s", ":"),
+}
+OTHER_STYLE = Style(None, "#A2142F", "d", "-")
+NORM_ORDER = tuple(STYLES)
+DIVERGED_COLOR = "red"
+FORMATS = ("png", "pdf")
+STUDY_BATCH_SIZES = (256, 128, 64, 32, 16, 8, 4, 2, 1)
+
+
+class PlainLogFormatter(LogFormatter):
+    """Log-axis labels as plain numbers (0.2, not 2 x 10^-1), on the ticks matplotlib would label."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:.3g}" if super().__call__(x, pos) else ""
+
+
+def writeup_ylim(batch_size: int) -> tuple[float, float]:
+    """Upper y-limits (objective, error) of the writeup's figures (``plotResults.m``, ``enforceAxis``)."""
+    return (0.3, 0.1) if batch_size == 4 else (0.1, 0.05)
+
+
+def ordered_variants(df: pd.DataFrame) -> list[str]:
+    return results.variant_order(df["variant"], NORM_ORDER)
+
+
+def variant_styles(df: pd.DataFrame) -> dict[str, Style]:
+    """The norm's style for a plain variant; the variants of one norm (group counts) get a colour ramp."""
+    styles = {}
+    variants = ordered_variants(df)
+    for name in dict.fromkeys(v.split()[0] for v in variants):
+        own = [v for v in variants if v.split()[0] == name]
+        base = STYLES.get(name, OTHER_STYLE)
+        if own == [name]:
+            styles[name] = base
+            continue
+        colors = colormaps["viridis"](np.linspace(0.0, 0.85, len(own)))
+        for v, c in zip(own, colors, strict=True):
+            styles[v] = Style(base.writeup_name, _hex(c), base.marker, base.linestyle)
+    return styles
+
+
+def _hex(rgba) -> str:
+    return "#" + "".join(f"{round(255 * x):02x}" for x in rgba[:3])
+
+
+def legend_label(variant: str, style: Style) -> str:
+    return f"{variant} ({style.writeup_name})" if style.writeup_name and " " not in variant else variant
+
+
+def run_note(runs: pd.DataFrame) -> str:
+    """What the legend adds for a line: seeds, and the runs that diverged or have not finished."""
+    n = len(runs)
+    notes = [f"{n} seeds"] if n > 1 else []
+    diverged = runs[runs["status"] == "diverged"]
+    if len(diverged):
+        epochs = ", ".join(str(e) for e in sorted(diverged["diverged_epoch"].dropna().unique()))
+        share = f"{len(diverged)}/{n} " if n > 1 else ""
+        notes.append(f"{share}diverged in epoch {epochs}")
+    for status in ("interrupted", results.UNFINISHED):
+        count = int((runs["status"] == status).sum())
+        if count:
+            notes.append(f"{count}/{n} {status}" if n > 1 else status)
+    return f" [{'; '.join(notes)}]" if notes else ""
+
+
+def epoch_stats(df: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Mean, min and max of ``column`` over the runs at each epoch (only epochs some run has finished)."""
+    rows = df.dropna(subset=["epoch"])
+    return rows.groupby("epoch")[column].agg(["mean", "min", "max", "count"]).sort_index()
+
+
+def convergence_figure(df: pd.DataFrame, batch_size: int, writeup_limits: bool = False) -> Figure:
+    """The writeup's figure for one batch size: validation objective (log) and error against epoch."""
+    at_bs = df[df["batch_size"] == batch_size]
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    ax_obj, ax_err = fig.subplots(1, 2)
+    styles = variant_styles(at_bs)
+    handles = []
+    diverged_points: list[tuple[int, str]] = []
+    for variant in ordered_variants(at_bs):
+        rows, style = at_bs[at_bs["variant"] == variant], styles[variant]
+        run_rows = results.runs(rows)
+        for ax, column in ((ax_obj, "val_loss"), (ax_err, "val_error")):
+            _draw_mean_and_band(ax, epoch_stats(rows, column), style, several=len(run_rows) > 1)
+        handles.append(Line2D([], [], color=style.color, marker=style.marker, linestyle=style.linestyle,
+                              label=legend_label(variant, style) + run_note(run_rows)))
+        for run in run_rows[run_rows["status"] == "diverged"].itertuples():
+            diverged_points.append((int(run.diverged_epoch), variant))
+
+    max_epoch = int(max([*at_bs["epochs"].dropna(), *at_bs["epoch"].dropna(), 1]))
+    for ax, title, ylabel in ((ax_obj, "objective", "validation objective (cross-entropy)"),
+                              (ax_err, "error", "validation error (top-1)")):
+        ax.set_title(f"{title} (bs {batch_size})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_xlim(0.5, max_epoch + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, which="major", alpha=0.4)
+    ax_obj.set_yscale("log")
+    ax_obj.yaxis.set_major_formatter(PlainLogFormatter())
+    ax_obj.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
+    if ax_obj.get_ylim()[0] <= 0 or not np.isfinite(ax_obj.get_ylim()).all():
+        ax_obj.set_ylim(0.01, 10)  # no finite positive values to scale to
+    if writeup_limits:
+        obj_top, err_top = writeup_ylim(batch_size)
+        ax_obj.set_ylim(top=obj_top)
+        ax_err.set_ylim(0, err_top)
+    for ax in (ax_obj, ax_err):
+        _mark_diverged(ax, diverged_points, make_room=not writeup_limits)
+    if diverged_points:
+        handles.append(_diverged_handle("diverged: training loss not finite or above train.max_loss"))
+    if at_bs.groupby("variant")["run_dir"].nunique().gt(1).any():
+        handles.append(Line2D([], [], color="grey", linewidth=8, alpha=0.3,
+                              label="line: mean over seeds; band: lowest to highest"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 2), frameon=False)
+    return fig
+
+
+def _draw_mean_and_band(ax: Axes, stats: pd.DataFrame, style: Style, several: bool) -> None:
+    if stats.empty:
+        return
+    x = stats.index.to_numpy(dtype=float)
+    ax.plot(x, stats["mean"].to_numpy(dtype=float), color=style.color, marker=style.marker,
+            linestyle=style.linestyle, markersize=6)
+    if several:
+        ax.fill_between(x, stats["min"].to_numpy(dtype=float), stats["max"].to_numpy(dtype=float),
+                        color=style.color, alpha=0.2, linewidth=0)
+
+
+def _mark_diverged(ax: Axes, points: list[tuple[int, str]], make_room: bool = True) -> None:
+    """A red x at the top of the panel for each (x, variant) in ``points``, labelled with the variant and
+    stacked downwards where they coincide; ``make_room`` raises the top of the axis above the data."""
+    counts: dict[tuple[int, str], int] = {}
+    for point in points:
+        counts[point] = counts.get(point, 0) + 1
+    rows: dict[int, int] = {}
+    placed = []
+    for (x, variant), n in counts.items():
+        k = rows[x] = rows.get(x, -1) + 1
+        placed.append((x, 0.95 - 0.08 * k, variant + (f" x{n}" if n > 1 else "")))
+    if make_room and placed:
+        _raise_top(ax, 0.08 * (max(rows.values()) + 1) + 0.04)
+    data_to_axes = ax.transData + ax.transAxes.inverted()
+    for x, y, text in placed:
+        on_right = data_to_axes.transform((x, 1.0))[0] > 0.5  # label to the left of the x, inside the panel
+        ax.plot([x], [y], transform=ax.get_xaxis_transform(), color=DIVERGED_COLOR, marker="x", markersize=9,
+                markeredgewidth=2, linestyle="none", clip_on=False)
+        ax.annotate(text, (x, y), xycoords=ax.get_xaxis_transform(), xytext=(-7 if on_right else 7, -3),
+                    textcoords="offset points", fontsize=8, color=DIVERGED_COLOR,
+                    ha="right" if on_right else "left")
+
+
+def _diverged_handle(label: str) -> Line2D:
+    return Line2D([], [], color=DIVERGED_COLOR, marker="x", linestyle="none", markersize=9, markeredgewidth=2,
+                  label=label)
+
+
+def _raise_top(ax: Axes, fraction: float) -> None:
+    """Sets the top of the y-axis so that the data end ``fraction`` of the height below it."""
+    bottom, top = ax.get_ylim()
+    if ax.get_yscale() == "log":
+        low, high = np.log10(bottom), np.log10(top)
+        ax.set_ylim(bottom, 10 ** (low + (high - low) / (1 - fraction)))
+    else:
+        ax.set_ylim(bottom, bottom + (top - bottom) / (1 - fraction))
+
+
+def summary_figure(df: pd.DataFrame) -> Figure:
+    """Final validation error against batch size (256 on the left down to 1), one line per norm; runs that
+    did not complete are left out of the means, and a batch size where every run diverged gets a red x."""
+    table = results.summary_table(df)
+    fig = Figure(figsize=(9, 5.4), layout="constrained")
+    ax = fig.subplots()
+    styles = variant_styles(df)
+    diverged_points: list[tuple[int, str]] = []
+    handles = []
+    several_seeds = bool((table["runs"] > 1).any()) if len(table) else False
+    for variant in ordered_variants(df):
+        rows, style = table[table["variant"] == variant].sort_values("batch_size"), styles[variant]
+        done = rows[rows["completed"] > 0]
+        mean = done["final_val_error_mean"].to_numpy(dtype=float)
+        spread = np.stack([mean - done["final_val_error_min"].to_numpy(dtype=float),
+                           done["final_val_error_max"].to_numpy(dtype=float) - mean])
+        ax.errorbar(done["batch_size"].to_numpy(dtype=float), mean, yerr=spread if several_seeds else None,
+                    color=style.color, marker=style.marker, linestyle=style.linestyle, markersize=7,
+                    capsize=3)
+        all_diverged = rows[(rows["diverged"] > 0) & (rows["completed"] == 0)]
+        diverged_points += [(int(bs), variant) for bs in all_diverged["batch_size"]]
+        handles.append(Line2D([], [], color=style.color, marker=style.marker, linestyle=style.linestyle,
+                              label=legend_label(variant, style) + _not_completed_note(rows)))
+    sizes = sorted({*STUDY_BATCH_SIZES, *table.get("batch_size", [])})
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(max(sizes) * 1.4, min(sizes) / 1.4)  # largest batch on the left, as in the GN paper
+    ax.xaxis.set_major_locator(FixedLocator(sizes))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([str(s) for s in sizes])
+    highest = table["final_val_error_max"].max() if len(table) else np.nan
+    ax.set_ylim(0, highest * 1.12 if highest > 0 else None)  # nan > 0 is False: matplotlib's own top
+    ax.set_xlabel("batch size (images per step)")
+    ax.set_ylabel("final validation error (top-1)")
+    ax.set_title("final validation error against batch size")
+    ax.grid(True, alpha=0.4)
+    _mark_diverged(ax, diverged_points)
+    if diverged_points:
+        handles.append(_diverged_handle("every run diverged"))
+    if several_seeds:
+        handles.append(Line2D([], [], color="grey", marker="|", markersize=10, linestyle="none",
+                              label="mean over completed seeds; bars: lowest to highest"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 2), frameon=False)
+    return fig
+
+
+def _not_completed_note(rows: pd.DataFrame) -> str:
+    """Legend note for the summary figure: per batch size, the runs that diverged or did not finish."""
+    notes = []
+    for status in results.STATUSES[1:]:
+        hit = rows[rows[status] > 0]
+        if len(hit):
+            sizes = ", ".join(f"{r.batch_size}" + (f" ({r[status]}/{r.runs})" if r.runs > 1 else "")
+                              for _, r in hit.iterrows())
+            notes.append(f"{status} at bs {sizes}")
+    return f" [{'; '.join(notes)}]" if notes else ""
+
+
+def batch_sizes(df: pd.DataFrame) -> list[int]:
+    """The batch sizes present, largest first."""
+    return sorted({int(b) for b in df["batch_size"]}, reverse=True)
+
+
+
+def write_report(df: pd.DataFrame, out_dir: Path, fmt: str = "png", writeup_limits: bool = False
+                 ) -> list[Path]:
+    """bs-<N>.<fmt> per batch size, summary.<fmt>, summary.csv and summary.md in ``out_dir``; their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for bs in batch_sizes(df):
+        written.append(_save(convergence_figure(df, bs, writeup_limits), out_dir / f"bs-{bs}.{fmt}"))
+    written.append(_save(summary_figure(df), out_dir / f"summary.{fmt}"))
+    table = results.summary_table(df)
+    table.to_csv(out_dir / "summary.csv", index=False)
+    (out_dir / "summary.md").write_text(results.summary_markdown(table, NORM_ORDER))
+    return [*written, out_dir / "summary.csv", out_dir / "summary.md"]
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=120)
+    return path

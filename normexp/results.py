@@ -1,0 +1,283 @@
+"""Sweep and run folders read into one tidy table: a row per run and epoch, the run's settings as columns.
+
+    df = results.load(["outputs/sweeps/mcn_sweep_2026-..."])
+
+Only the files a run writes atomically (summary.json, metrics.csv) and Hydra's `.hydra/config.yaml` (for a
+run without a summary yet) are read; temporary files and other hidden entries (names starting with '.') are
+never touched. A run without metrics rows (diverged in its first epoch, or just started) still gets one row,
+with ``epoch`` missing, so that it is never silently lost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from normexp import norm, optim, runfiles, train
+
+UNFINISHED = "unfinished"  # no summary.json yet: still running, or killed or failed before writing one
+STATUSES = ("completed", "diverged", "interrupted", UNFINISHED)
+RUN_COLUMNS = (
+    "run_dir", "job", "variant", "norm", "groups", "batch_size", "seed", "lr", "data", "status", "epochs",
+    "epochs_run", "final_val_error", "best_val_error", "diverged_epoch", "diverged_step", "diverged_loss",
+)  # fmt: skip
+EPOCH_COLUMNS = tuple(c for c in runfiles.METRIC_COLUMNS if c != "lr")  # lr is a run setting here
+# Settings that do not change what a run computes (where it reads data, how fast, for how long) or that the
+# table has as columns of their own; the remaining settings that differ between runs of one norm name the
+# run's variant (e.g. "gn groups=5" in the group-count sweep).
+NOT_VARIANT_KEYS = (
+    "batch_size", "train.seed", "train.epochs", "train.max_epochs_by_batch_size", "data.root",
+    "data.download", "train.device", "train.resume", "train.fast", "train.threads", "train.mkldnn",
+    "train.progress", "train.eval_batch_size",
+)  # fmt: skip
+RUN_FILES = (runfiles.SUMMARY, runfiles.METRICS, ".hydra/config.yaml")
+
+
+def find_run_dirs(path: Path) -> list[Path]:
+    """``path`` itself if it is a run folder, else every run folder below it (hidden folders left out)."""
+    if is_run_dir(path):
+        return [path]
+    found = []
+    for child in _subfolders(path):
+        found += find_run_dirs(child)
+    return found
+
+
+def is_run_dir(path: Path) -> bool:
+    return any((path / name).is_file() for name in RUN_FILES)
+
+
+def planned_job_count(sweep_dir: Path) -> int | None:
+    """How many jobs Hydra's basic sweeper launches for the sweep recorded in ``sweep_dir/multirun.yaml``;
+    None when there is no such record or another sweeper ran it."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return None
+    cfg = OmegaConf.load(path)
+    if not str(cfg.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return None
+    params = cfg.hydra.sweeper.get("params") or {}
+    # as BasicSweeper: the preset's params, then the command line; a key given again replaces the earlier one
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(cfg.hydra.overrides.task)
+    choices = {}
+    for override in OverridesParser.create().parse_overrides(arguments):
+        n = len(list(override.sweep_string_iterator())) if override.is_discrete_sweep() else 1
+        choices[override.get_key_element()] = n
+    return math.prod(choices.values())
+
+
+def load(paths: Iterable[str | Path], skipped: list[str] | None = None) -> pd.DataFrame:
+    """Every run in ``paths`` (sweep folders, folders of sweeps, single run folders) as one DataFrame.
+
+    Columns: ``RUN_COLUMNS`` (one value per run), then ``EPOCH_COLUMNS`` (from metrics.csv). Runs that
+    could not be read, and jobs a sweep planned that have no folder yet, are described in ``skipped``, one
+    line each.
+    """
+    skipped = [] if skipped is None else skipped
+    runs: dict[Path, dict[str, Any]] = {}
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: no such folder")
+        run_dirs = find_run_dirs(path)
+        if not is_run_dir(path):
+            for sweep_dir in [path, *_subfolders(path)]:
+                _note_jobs_not_started(sweep_dir, run_dirs, skipped)
+        for run_dir in run_dirs:
+            if run_dir.resolve() in runs:
+                continue  # the same run reached through two of ``paths``
+            try:
+                runs[run_dir.resolve()] = read_run(run_dir)
+            except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError, OmegaConfBaseException) as err:
+                skipped.append(f"{run_dir}: unreadable, left out ({type(err).__name__}: {err})")
+    if not runs:
+        return pd.DataFrame(columns=[*RUN_COLUMNS, *EPOCH_COLUMNS])
+    df = pd.concat([run["metrics"].assign(**run["settings"]) for run in runs.values()], ignore_index=True)
+    configs = {run["settings"]["run_dir"]: run["config"] for run in runs.values()}
+    df["variant"] = df["run_dir"].map(variants(configs))
+    for column in ("epoch", "step", "epochs", "epochs_run", "diverged_epoch", "diverged_step"):
+        df[column] = pd.to_numeric(df[column]).astype("Int64")
+    for column in ("final_val_error", "best_val_error", "diverged_loss"):
+        df[column] = pd.to_numeric(df[column]).astype(float)
+    df = df[[*RUN_COLUMNS, *EPOCH_COLUMNS]]
+    order = ["norm", "variant", "batch_size", "seed", "run_dir", "epoch"]
+    return df.sort_values(order, ascending=[True, True, False, True, True, True], ignore_index=True)
+
+
+def _subfolders(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _note_jobs_not_started(sweep_dir: Path, run_dirs: list[Path], skipped: list[str]) -> None:
+    try:
+        planned = planned_job_count(sweep_dir)
+    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException, HydraException) as err:
+        skipped.append(f"{sweep_dir / 'multirun.yaml'}: unreadable ({type(err).__name__}: {err}); cannot "
+                       "tell how many jobs the sweep planned")
+        return
+    present = sum(1 for d in run_dirs if d.parent == sweep_dir)
+    if planned is not None and planned > present:
+        skipped.append(f"{sweep_dir}: {planned - present} of the {planned} jobs in multirun.yaml have no "
+                       "folder yet (not started)")
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """One run folder: its settings (one value each), its metrics rows and its configuration."""
+    summary = runfiles.read_summary(run_dir)  # read before the metrics: a finished run's rows are final
+    if summary is not None and "config" in summary:
+        cfg = OmegaConf.create(summary["config"])
+    else:
+        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    metrics_path = run_dir / runfiles.METRICS
+    metrics = pd.read_csv(metrics_path) if metrics_path.is_file() else pd.DataFrame()
+    metrics = metrics.reindex(columns=list(EPOCH_COLUMNS))
+    if metrics.empty:
+        metrics = pd.DataFrame({c: [math.nan] for c in EPOCH_COLUMNS})
+    return {"settings": run_settings(run_dir, cfg, summary), "metrics": metrics,
+            "config": OmegaConf.to_container(cfg, resolve=False)}
+
+
+def run_settings(run_dir: Path, cfg: DictConfig, summary: dict[str, Any] | None) -> dict[str, Any]:
+    bs = cfg.batch_size
+    summary = summary or {}
+    diverged = summary.get("diverged_at") or {}
+    groups = cfg.norm.get("groups")
+    lr = summary.get("lr")
+    if lr is None:
+        lr = optim.learning_rate(cfg.optim, bs, norm.is_normalized(cfg.norm))
+    return {
+        "run_dir": str(run_dir), "job": run_dir.name, "norm": cfg.norm.name,
+        "groups": None if groups is None else str(groups), "batch_size": int(bs), "seed": int(cfg.train.seed),
+        "lr": float(lr), "data": cfg.data.name, "status": summary.get("status", UNFINISHED),
+        "epochs": summary.get("epochs", train.planned_epochs(cfg.train, bs)),
+        "epochs_run": summary.get("epochs_run"), "final_val_error": summary.get("final_val_error"),
+        "best_val_error": summary.get("best_val_error"), "diverged_epoch": diverged.get("epoch"),
+        "diverged_step": diverged.get("step"), "diverged_loss": diverged.get("loss"),
+    }  # fmt: skip
+
+
+def variants(configs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Per run folder: the norm name, plus the settings in which the runs of that norm differ, as in
+    "gn groups=5" (settings in ``NOT_VARIANT_KEYS`` and settings some runs lack are not counted)."""
+    flat = {run_dir: _flatten(config) for run_dir, config in configs.items()}
+    by_norm: dict[str, list[str]] = {}
+    for run_dir, settings in flat.items():
+        by_norm.setdefault(settings["norm.name"], []).append(run_dir)
+    names = {}
+    for name, run_dirs in by_norm.items():
+        keys = set.intersection(*(set(flat[d]) for d in run_dirs)) - set(NOT_VARIANT_KEYS)
+        varying = sorted(k for k in keys if len({json.dumps(flat[d][k]) for d in run_dirs}) > 1)
+        for d in run_dirs:
+            names[d] = " ".join([name, *(f"{k.removeprefix('norm.')}={flat[d][k]}" for k in varying)])
+    return names
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value and key != "max_epochs_by_batch_size":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def runs(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: the run columns of ``df``."""
+    return df.drop_duplicates("run_dir")[list(RUN_COLUMNS)].reset_index(drop=True)
+
+
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per variant and batch size: final validation error over the completed runs (mean, std, min, max) and
+    how many runs ended in each status; ``status`` is that status where all runs share it, else the counts."""
+    rows = []
+    for (variant, bs), group in runs(df).groupby(["variant", "batch_size"]):
+        errors = group.loc[group["status"] == "completed", "final_val_error"].astype(float)
+        counts = group["status"].value_counts()
+        row = {"variant": variant, "norm": group["norm"].iloc[0], "batch_size": bs, "runs": len(group)}
+        row |= {status: int(counts.get(status, 0)) for status in STATUSES}
+        row |= {"final_val_error_mean": errors.mean(), "final_val_error_std": errors.std(),
+                "final_val_error_min": errors.min(), "final_val_error_max": errors.max()}
+        row["status"] = (counts.index[0] if len(counts) == 1
+                         else ", ".join(f"{row[s]} {s}" for s in STATUSES if row[s]))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    order = ["norm", "variant", "batch_size"]
+    return table.sort_values(order, ascending=[True, True, False], ignore_index=True)
+
+
+def summary_markdown(table: pd.DataFrame, order: Iterable[str] = ()) -> str:
+    """``summary_table`` as a Markdown table: a row per variant, a column per batch size (largest first);
+    each cell the final validation error, mean ± std over completed seeds, and any runs not completed."""
+    if table.empty:
+        return "(no runs)\n"
+    variants_ = variant_order(table["variant"].unique(), order)
+    sizes = sorted(table["batch_size"].unique(), reverse=True)
+    cells = {(r.variant, r.batch_size): _cell(r) for r in table.itertuples()}
+    lines = ["| norm | " + " | ".join(f"bs {bs}" for bs in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+    for v in variants_:
+        lines.append(f"| {v} | " + " | ".join(cells.get((v, bs), "") for bs in sizes) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def variant_order(names: Iterable[str], norm_order: Iterable[str] = ()) -> list[str]:
+    """Variants sorted by norm (in ``norm_order`` first), then naturally ("groups=5" before "groups=10")."""
+    rank = {name: i for i, name in enumerate(norm_order)}
+
+    def key(variant: str) -> tuple:
+        parts = [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", variant)]
+        return rank.get(variant.split()[0], len(rank)), [(isinstance(p, str), p) for p in parts]
+
+    return sorted(set(names), key=key)
+
+
+def _cell(row: Any) -> str:
+    parts = []
+    if row.completed:
+        text = f"{row.final_val_error_mean:.4f}"
+        if row.completed > 1:
+            text += f" ± {row.final_val_error_std:.4f}"
+        parts.append(text + (f" (n={row.completed})" if row.completed > 1 else ""))
+    for status in STATUSES[1:]:
+        if getattr(row, status):
+            parts.append(f"{getattr(row, status)}/{row.runs} {status}" if row.runs > 1 else status)
+    return "; ".join(parts)
+
+
+def status_notes(df: pd.DataFrame) -> list[str]:
+    """One line for each run that did not complete: what happened and how the figures and table show it."""
+    notes = []
+    for run in runs(df).itertuples():
+        where = f"{run.run_dir}: {run.variant}, batch size {run.batch_size}, seed {run.seed}"
+        rows = int(df.loc[df["run_dir"] == run.run_dir, "epoch"].notna().sum())
+        drawn = f"drawn for its {rows} finished epoch{'s' * (rows > 1)}" if rows else "nothing to draw"
+        if run.status == "diverged":
+            notes.append(f"{where}: diverged in epoch {run.diverged_epoch}, step {run.diverged_step} "
+                         f"(training loss {run.diverged_loss:.4g}): {drawn}, a red x at epoch "
+                         f"{run.diverged_epoch}; not in the summary error")
+        elif run.status == "interrupted":
+            notes.append(f"{where}: interrupted: {drawn}; not in the summary error until resumed (run the "
+                         "sweep again into the same hydra.sweep.dir)")
+        elif run.status == UNFINISHED:
+            notes.append(f"{where}: no summary.json yet (still running, killed or failed): {drawn}; not in "
+                         "the summary error")
+    return notes
+
+
+def latest_sweep(root: str | Path = "outputs/sweeps", prefix: str = "mcn_sweep_") -> Path | None:
+    """The newest sweep folder under ``root`` whose name starts with ``prefix`` (names sort by start time)."""
+    root = Path(root)
+    found = sorted(p for p in root.glob(f"{prefix}*") if p.is_dir()) if root.is_dir() else []
+    return found[-1] if found else None

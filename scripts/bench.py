@@ -1,0 +1,456 @@
+"""Training speed of normexp against the loop a researcher would write, measured interleaved in one run.
+
+    python scripts/bench.py                       # norms none,bn,brn,gn at all 8 batch sizes (~8 minutes)
+    python scripts/bench.py --norms gn --batch-sizes 1,256 --seconds 2 --json gn.json
+    python scripts/bench.py --device cuda
+
+(a) normexp: the trainer's own set-up (perf.choose/apply, data.load, train.build_model) and its step loop
+    (train.train_steps, then EpochLog.flush every train.steps_per_sync steps) on the training split in memory.
+(b) reference: the loop of pytorch/examples' mnist/main.py: torchvision's MNIST with ToTensor and Normalize, a
+    DataLoader(shuffle=True), the same LeNet, torch.optim.SGD with momentum and weight decay, default torch
+    settings, loss.item() every step.
+Each repetition times a block of one, then of the other (the order alternates); the table shows medians.
+Without --data-root both read the same synthetic MNIST-format files of 60,000 + 10,000 random digits.
+
+Then one probe process per (norm, batch size) sets up a real run (the whole training split) and measures its
+step rate, one evaluation of the test split, one checkpoint write and its peak RSS; --jobs probes run side by
+side, in the sweep's order, as the joblib launcher runs jobs. The mcn_sweep estimate comes from these rates.
+"""
+
+from __future__ import annotations
+
+import time
+
+T_START = time.perf_counter()  # before the heavy imports: a probe's start-up counts them, as a run's does
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from dataclasses import asdict  # noqa: E402
+from functools import partial  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from normexp import data, norm, optim, perf, runfiles, train  # noqa: E402
+from normexp.model import LeNet  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+NORMS = "none,bn,brn,gn"
+BATCH_SIZES = "1,2,4,16,32,64,128,256"
+FULL_TRAIN, FULL_TEST = 60_000, 10_000  # MNIST: what the sweep estimate is for
+WARMUP_STEPS = 5
+# torch's own settings in this process, before anything here changes them: the reference runs under these
+TORCH_DEFAULTS = perf.CpuSettings(threads=torch.get_num_threads(), mkldnn=torch.backends.mkldnn.enabled)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, as everywhere in normexp
+        self.exit(2, f"normexp: error: {message}\n")
+
+
+def int_list(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise ValueError(text)
+    return values
+
+
+# ---------------------------------------------------------------- data and configuration
+
+
+def write_synthetic_mnist(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """MNIST's files (torchvision's layout under ``root``) holding random 28x28 uint8 digits and labels."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        header = b"".join(v.to_bytes(4, "big") for v in (data.IMAGE_MAGIC, n, 28, 28))
+        images = rng.integers(0, 256, n * 784, np.uint8).tobytes()
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + images)
+        header = data.LABEL_MAGIC.to_bytes(4, "big") + n.to_bytes(4, "big")
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(header + rng.integers(0, 10, n, np.uint8).tobytes())
+    return root
+
+
+def run_config(norm_name: str, batch_size: int, data_root: Path, device: str, *extra: str) -> DictConfig:
+    """The configuration ``python -m normexp.train`` would run with these overrides."""
+    overrides = [f"norm={norm_name}", f"batch_size={batch_size}", f"data.root={data_root}",
+                 "data.download=false", f"train.device={device}", *extra]  # fmt: skip
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+def sweep_runs(data_root: Path, device: str) -> list[tuple[str, int, int]]:
+    """(norm, batch size, epochs) of each run of ``experiment=mcn_sweep``, in the sweeper's order."""
+    cfg = run_config("gn", 256, data_root, device, "experiment=mcn_sweep")
+    params = cfg.hydra.sweeper.params
+    norms, sizes = str(params["norm"]).split(","), [int(b) for b in str(params["batch_size"]).split(",")]
+    return [(n, b, train.planned_epochs(cfg.train, b)) for n in norms for b in sizes]
+
+
+# ---------------------------------------------------------------- the two training loops
+
+
+class NormexpLoop:
+    """normexp's training path, set up as ``normexp.train.run`` sets up a run."""
+
+    def __init__(self, cfg: DictConfig, jobs: int) -> None:
+        tc = cfg.train
+        self.device = train.resolve_device(tc.device)
+        self.settings = perf.choose(cfg.batch_size, self.device, tc.threads, tc.mkldnn, jobs, fast=tc.fast)
+        self.eval_settings = perf.choose(tc.eval_batch_size, self.device, tc.threads, tc.mkldnn, jobs,
+                                         fast=tc.fast)
+        perf.apply(self.settings)
+        torch.manual_seed(tc.seed)
+        self.cfg = cfg
+        self.train_set, test_set = data.load(cfg.data, self.device)
+        eval_images = perf.to_layout(test_set.images, self.eval_settings.memory_format)
+        self.test_set = data.Split(eval_images, test_set.labels)
+        self.model, self.optimizer, _ = train.build_model(cfg, self.device, self.settings)
+        if cfg.norm.name == "brn":
+            norm.set_renorm_limits(self.model, *norm.renorm_limits(cfg.norm, 1, 1))
+        self.sync_every = train.steps_per_sync(cfg.batch_size, tc.fast)
+        self.epoch, self.batches, self.epoch_log, self.step = -1, [], train.EpochLog(), 0
+
+    def _take(self, n: int) -> list[torch.Tensor]:
+        if not self.batches:  # a new epoch: its order, as the trainer draws it
+            self.epoch += 1
+            self.batches = data.epoch_order(len(self.train_set), self.cfg.batch_size, self.cfg.train.seed,
+                                            self.epoch, self.device)
+            self.epoch_log = train.EpochLog()
+        chunk, self.batches = self.batches[:n], self.batches[n:]
+        return chunk
+
+    def run(self, steps: int) -> int:
+        """Trains ``steps`` steps; returns the number of samples."""
+        perf.apply(self.settings)
+        self.model.train()
+        samples = 0
+        while steps > 0:
+            chunk = self._take(min(steps, self.sync_every))
+            taken = train.train_steps(self.model, self.optimizer, self.train_set, chunk, self.epoch_log,
+                                      first_step=self.step)
+            self.epoch_log.flush(self.cfg.train.max_loss, self.step + 1, self.epoch + 1)
+            self.step, steps, samples = self.step + taken, steps - taken, samples + sum(len(b) for b in chunk)
+        return samples
+
+    def evaluate(self) -> None:
+        perf.apply(self.eval_settings)
+        train.evaluate(self.model, self.test_set, self.cfg.train.eval_batch_size)
+        perf.apply(self.settings)
+
+
+class ReferenceLoop:
+    """The loop of pytorch/examples' mnist/main.py, with this project's LeNet and SGD settings."""
+
+    def __init__(self, cfg: DictConfig, data_root: Path) -> None:
+        from torchvision import datasets, transforms
+
+        self.device = train.resolve_device(cfg.train.device)
+        transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+        dataset = datasets.MNIST(str(data_root), train=True, download=False, transform=transform)
+        loader_kwargs = {"batch_size": cfg.batch_size, "shuffle": True}
+        if self.device.type == "cuda":
+            loader_kwargs.update(num_workers=1, pin_memory=True)
+        self.loader = torch.utils.data.DataLoader(dataset, **loader_kwargs)
+        self.batches = iter(self.loader)
+        self.model = LeNet(partial(norm.create_norm_layer, cfg.norm)).to(self.device)
+        lr = optim.learning_rate(cfg.optim, cfg.batch_size, norm.is_normalized(cfg.norm))
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=cfg.optim.momentum,
+                                         weight_decay=cfg.optim.weight_decay)
+        self.running_loss = 0.0
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            return next(self.batches)
+        except StopIteration:  # end of an epoch: a new shuffled pass, as `for epoch in ...` would start
+            self.batches = iter(self.loader)
+            return next(self.batches)
+
+    def run(self, steps: int) -> int:
+        perf.apply(TORCH_DEFAULTS)
+        self.model.train()
+        samples = 0
+        for _ in range(steps):
+            images, target = self._next_batch()
+            images, target = images.to(self.device), target.to(self.device)
+            self.optimizer.zero_grad()
+            output = self.model(images)
+            loss = F.cross_entropy(output, target)
+            loss.backward()
+            self.optimizer.step()
+            self.running_loss += loss.item()
+            samples += len(target)
+        return samples
+
+
+def timed(loop, steps: int) -> tuple[float, int]:
+    """(seconds, samples) of ``steps`` steps of ``loop``."""
+    start = time.perf_counter()
+    samples = loop.run(steps)
+    if loop.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, samples
+
+
+# ---------------------------------------------------------------- the interleaved comparison
+
+
+def compare(norm_name: str, batch_size: int, args: argparse.Namespace, data_root: Path) -> dict:
+    """One row of the table: blocks of the same number of steps of each loop, alternating which goes first."""
+    cfg = run_config(norm_name, batch_size, data_root, args.device)
+    ours, ref = NormexpLoop(cfg, jobs=1), ReferenceLoop(cfg, data_root)
+    timed(ours, WARMUP_STEPS)
+    timed(ref, WARMUP_STEPS)
+    if args.steps:
+        steps = args.steps
+    else:  # as many steps as the reference makes in --seconds
+        seconds, _ = timed(ref, WARMUP_STEPS)
+        steps = max(WARMUP_STEPS, math.ceil(args.seconds * WARMUP_STEPS / seconds))
+    rates = {"normexp": [], "reference": []}
+    step_ms = {"normexp": [], "reference": []}
+    for repeat in range(args.repeats):
+        order = [("normexp", ours), ("reference", ref)]
+        for name, loop in order if repeat % 2 == 0 else order[::-1]:
+            seconds, samples = timed(loop, steps)
+            rates[name].append(samples / seconds)
+            step_ms[name].append(seconds / steps * 1e3)
+    ours_rate, ref_rate = statistics.median(rates["normexp"]), statistics.median(rates["reference"])
+    return {
+        "norm": norm_name, "batch_size": batch_size, "steps_per_block": steps,
+        "normexp_samples_per_s": ours_rate, "reference_samples_per_s": ref_rate,
+        "ratio": ours_rate / ref_rate,
+        "normexp_ms_per_step": statistics.median(step_ms["normexp"]),
+        "reference_ms_per_step": statistics.median(step_ms["reference"]),
+        "normexp_settings": asdict(ours.settings) | {"fused_sgd": cfg.train.fast},
+        "reference_settings": asdict(TORCH_DEFAULTS), "samples_per_s": rates,
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------- probes: one real run's set-up per process
+
+
+def probe(norm_name: str, batch_size: int, args: argparse.Namespace, data_root: Path) -> dict:
+    """Set-up of a real run and its per-epoch costs, in this (fresh) process: step rate, one evaluation of
+    the test split, one checkpoint write, start-up time and peak RSS."""
+    cfg = run_config(norm_name, batch_size, data_root, args.device)
+    loop = NormexpLoop(cfg, jobs=args.jobs)
+    startup = time.perf_counter() - T_START
+    timed(loop, WARMUP_STEPS)
+    if args.steps:
+        seconds, samples = timed(loop, args.steps)
+    else:  # blocks of doubling length until --seconds are used up
+        seconds, samples, steps = 0.0, 0, WARMUP_STEPS
+        while seconds < args.seconds:
+            more_seconds, more_samples = timed(loop, steps)
+            seconds, samples, steps = seconds + more_seconds, samples + more_samples, 2 * steps
+    start = time.perf_counter()
+    loop.evaluate()
+    eval_seconds = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as run_dir:
+        start = time.perf_counter()
+        runfiles.save_checkpoint(Path(run_dir), {"model": loop.model.state_dict(),
+                                                 "optimizer": loop.optimizer.state_dict()})
+        save_seconds = time.perf_counter() - start
+    return {
+        "norm": norm_name, "batch_size": batch_size, "jobs": args.jobs, "samples_per_s": samples / seconds,
+        "eval_seconds": eval_seconds, "test_size": len(loop.test_set), "train_size": len(loop.train_set),
+        "checkpoint_seconds": save_seconds, "startup_seconds": startup,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "settings": asdict(loop.settings),
+    }  # fmt: skip
+
+
+def run_probes(configs: list[tuple[str, int]], args: argparse.Namespace, data_root: Path) -> dict:
+    """One probe process per config, ``args.jobs`` at a time, in the given order."""
+
+    def one(config: tuple[str, int]) -> dict:
+        command = [sys.executable, __file__, "--probe", f"{config[0]},{config[1]}",
+                   "--data-root", str(data_root), "--device", args.device, "--jobs", str(args.jobs),
+                   "--seconds", str(args.seconds)]  # fmt: skip
+        if args.steps:
+            command += ["--steps", str(args.steps)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"probe {config} failed:\n{done.stderr}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        return {(p["norm"], p["batch_size"]): p for p in pool.map(one, configs)}
+
+
+# ---------------------------------------------------------------- the sweep estimate
+
+
+def seconds_per_sample(probes: dict, norm_name: str, batch_size: int) -> float | None:
+    """Measured, or interpolated over log(batch size) from this norm's measured batch sizes."""
+    points = sorted((math.log(b), 1 / p["samples_per_s"]) for (n, b), p in probes.items() if n == norm_name)
+    if not points:
+        return None
+    x = math.log(batch_size)
+    xs, ys = [p[0] for p in points], [math.log(p[1]) for p in points]
+    return math.exp(float(np.interp(x, xs, ys)))
+
+
+def list_schedule(durations: list[float], workers: int) -> float:
+    """Wall time when each job, in order, starts on the first free worker (as joblib hands them out)."""
+    free_at = [0.0] * workers
+    for d in durations:
+        i = free_at.index(min(free_at))
+        free_at[i] += d
+    return max(free_at)
+
+
+def sweep_estimate(probes: dict, runs: list[tuple[str, int, int]], jobs: int) -> dict:
+    per_run, missing = [], sorted({n for n, _, _ in runs if seconds_per_sample(probes, n, 1) is None})
+    if missing:
+        return {"jobs": jobs, "missing_norms": missing}
+    any_probe = next(iter(probes.values()))
+    mean = statistics.mean
+    eval_per_test_sample = mean(p["eval_seconds"] / p["test_size"] for p in probes.values())
+    checkpoint, startup = mean(p["checkpoint_seconds"] for p in probes.values()), max(
+        p["startup_seconds"] for p in probes.values())
+    for norm_name, batch_size, epochs in runs:
+        per_epoch = (FULL_TRAIN * seconds_per_sample(probes, norm_name, batch_size)
+                     + FULL_TEST * eval_per_test_sample + checkpoint)  # fmt: skip
+        per_run.append({"norm": norm_name, "batch_size": batch_size, "epochs": epochs,
+                        "measured": (norm_name, batch_size) in probes,
+                        "hours": (startup + epochs * per_epoch) / 3600})  # fmt: skip
+    hours = [r["hours"] for r in per_run]
+    return {
+        "jobs": jobs, "runs": per_run, "job_hours": sum(hours), "wall_hours": list_schedule(hours, jobs),
+        "eval_seconds_per_epoch": FULL_TEST * eval_per_test_sample, "checkpoint_seconds": checkpoint,
+        "startup_seconds": startup, "probe_train_size": any_probe["train_size"],
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------- report
+
+
+def table(rows: list[dict], jobs: int) -> str:
+    head = ("| norm | batch size | normexp samples/s | reference samples/s | ratio | normexp ms/step "
+            f"| reference ms/step | box samples/s, {jobs} runs | box ratio | peak RSS MB |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['norm']} | {r['batch_size']} | {r['normexp_samples_per_s']:.0f} "
+                     f"| {r['reference_samples_per_s']:.0f} | {r['ratio']:.2f}x "
+                     f"| {r['normexp_ms_per_step']:.3f} | {r['reference_ms_per_step']:.3f} "
+                     f"| {r['box_samples_per_s']:.0f} | {r['box_ratio']:.2f}x | {r['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def sweep_lines(estimate: dict) -> list[str]:
+    if "missing_norms" in estimate:
+        missing = ", ".join(estimate["missing_norms"])
+        return [f"mcn_sweep estimate: not made, no measurement of norm(s) {missing}"]
+    measured = sum(r["measured"] for r in estimate["runs"])
+    return [
+        f"mcn_sweep estimate ({len(estimate['runs'])} runs, {estimate['jobs']} side by side, rates measured "
+        f"with {estimate['jobs']} probe process(es) at once; {measured} of them measured"
+        + (", the others interpolated" if measured < len(estimate["runs"]) else "") + "): "
+        f"{estimate['wall_hours']:.2f} h wall, {estimate['job_hours']:.2f} h of job time",
+        f"  per epoch: 60,000 training digits at the measured rate + evaluation of 10,000 test digits "
+        f"({estimate['eval_seconds_per_epoch']:.2f} s) + checkpoint "
+        f"({estimate['checkpoint_seconds']:.2f} s); "
+        f"per run: start-up {estimate['startup_seconds']:.1f} s",
+    ]
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cores": perf.available_cores(), "torch": torch.__version__,
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--norms", default=NORMS, help=f"comma-separated (default {NORMS})")
+    parser.add_argument("--batch-sizes", default=BATCH_SIZES, help=f"comma-separated (default {BATCH_SIZES})")
+    parser.add_argument("--steps", type=int, default=0, help="steps per timed block (default: --seconds)")
+    parser.add_argument("--seconds", type=float, default=1.0,
+                        help="length of a timed block of the reference, and of a probe's timing (default 1)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed blocks of each loop per row (default 5)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--data-root", type=Path, help="MNIST in torchvision's layout (default: synthetic)")
+    parser.add_argument("--jobs", type=int, default=perf.available_cores(),
+                        help="runs side by side in the sweep estimate, as hydra/launcher=joblib's n_jobs "
+                        "(default: the number of cores)")
+    parser.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench" / "bench.json",
+                        help="where to write the results (default outputs/bench/bench.json)")
+    parser.add_argument("--synthetic-size", default=f"{FULL_TRAIN},{FULL_TEST}", help=argparse.SUPPRESS)
+    parser.add_argument("--probe", help=argparse.SUPPRESS)  # NORM,BATCH: this process is one probe
+    args = parser.parse_args(argv)
+    try:
+        norms, sizes = args.norms.split(","), int_list(args.batch_sizes)
+    except ValueError:
+        parser.error(f"--batch-sizes={args.batch_sizes}: comma-separated integers >= 1")
+    for name in norms:
+        if name not in norm.NORM_NAMES:
+            parser.error(f"--norms={args.norms}: {name!r} is unknown; allowed: {', '.join(norm.NORM_NAMES)}")
+    if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
+        allowed = "cpu, cuda" if torch.cuda.is_available() else "cpu (no CUDA device here)"
+        parser.error(f"--device={args.device}: allowed: {allowed}")
+    for key in ("repeats", "jobs"):
+        if getattr(args, key) < 1:
+            parser.error(f"--{key}={getattr(args, key)}: must be an integer >= 1")
+    if args.steps < 0 or args.seconds <= 0:
+        parser.error("--steps must be >= 0 and --seconds > 0")
+
+    if args.probe:
+        name, batch_size = args.probe.split(",")
+        print(json.dumps(probe(name, int(batch_size), args, args.data_root)))
+        return 0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data_root = args.data_root
+        if data_root is None:
+            n_train, n_test = int_list(args.synthetic_size)
+            data_root = write_synthetic_mnist(Path(tmp), n_train, n_test)
+        rows = []
+        print(f"normexp vs the pytorch/examples loop on {args.device}, {perf.available_cores()} cores; "
+              f"{args.repeats} interleaved blocks each", flush=True)
+        for name in norms:
+            for batch_size in sizes:
+                rows.append(compare(name, batch_size, args, data_root))
+                r = rows[-1]
+                print(f"  {name:4s} bs {batch_size:3d}: normexp {r['normexp_samples_per_s']:8.0f}/s  "
+                      f"reference {r['reference_samples_per_s']:8.0f}/s  {r['ratio']:.2f}x", flush=True)
+        runs = sweep_runs(data_root, args.device)
+        wanted = {(n, b) for n in norms for b in sizes}
+        print(f"probing {len(wanted)} real set-ups, {args.jobs} at a time ...", flush=True)
+        probes = run_probes([(n, b) for n, b, _ in runs if (n, b) in wanted]
+                            + sorted(wanted - {(n, b) for n, b, _ in runs}), args, data_root)
+    for r in rows:  # what the box does in a sweep: --jobs runs side by side, each at its probe's rate
+        found = probes[(r["norm"], r["batch_size"])]
+        r["peak_rss_mb"], r["box_samples_per_s"] = found["peak_rss_mb"], args.jobs * found["samples_per_s"]
+        r["box_ratio"] = r["box_samples_per_s"] / r["reference_samples_per_s"]
+    estimate = sweep_estimate(probes, runs, args.jobs)
+    print()
+    print(table(rows, args.jobs))
+    print()
+    for line in sweep_lines(estimate):
+        print(line)
+    result = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
+              "probes": list(probes.values()), "sweep": estimate}  # fmt: skip
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Run folders written directly, as normexp.train leaves them, for tests of reading and drawing results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from normexp import runfiles
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def make_run(
+    sweep: Path, norm: str, batch_size: int, seed: int = 0, val_errors: tuple[float, ...] = (0.1, 0.05),
+    status: str = "completed", diverged_epoch: int | None = None, epochs: int | None = None,
+    extra: tuple[str, ...] = (),
+) -> Path:
+    """A run folder named as a sweep job; ``val_errors`` per finished epoch (val_loss = 2 x error + 0.01);
+    ``status`` "unfinished" writes no summary.json (a run still going, or killed)."""
+    overrides = [f"norm={norm}", f"batch_size={batch_size}", f"train.seed={seed}", *extra]
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    run_dir = sweep / ",".join(sorted(overrides))
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    lr = 0.01 * batch_size / 256
+    rows = [{"epoch": e, "step": e * 10, "lr": lr, "r_max": None, "d_max": None, "train_loss": 2 * err,
+             "train_error": err, "val_loss": 2 * err + 0.01, "val_error": err, "seconds": 1.0,
+             "samples_per_s": 100.0} for e, err in enumerate(val_errors, start=1)]
+    runfiles.write_metrics(run_dir, rows)
+    if status != "unfinished":
+        summary = {
+            "status": status, "epochs_run": len(rows), "epochs": epochs or len(rows),
+            "final_val_error": val_errors[-1] if rows else None,
+            "best_val_error": min(val_errors, default=None),
+            "norm": norm, "batch_size": batch_size, "seed": seed, "lr": lr,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }  # fmt: skip
+        if status == "diverged":
+            summary["diverged_at"] = {"epoch": diverged_epoch, "step": 7, "loss": float("nan")}
+        runfiles.write_summary(run_dir, summary)
+    return run_dir

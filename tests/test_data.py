@@ -1,0 +1,134 @@
+"""Loading tiny MNIST-format data, the seeded batch order, and clear errors for corrupt files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_digits, run_cli_many, write_idx_labels, write_mnist
+from omegaconf import OmegaConf
+
+from normexp import data
+
+CPU = torch.device("cpu")
+
+
+def data_cfg(root: Path, **extra):
+    return OmegaConf.create({"name": "mnist", "root": str(root), "download": False, **extra})
+
+
+def test_load_shapes_dtypes_and_centring_by_the_training_mean(tmp_path):
+    root = write_mnist(tmp_path / "data", n_train=200, n_test=100)
+    train, test = data.load(data_cfg(root), CPU)
+    assert train.images.shape == (200, 1, 28, 28) and test.images.shape == (100, 1, 28, 28)
+    assert train.images.dtype == test.images.dtype == torch.float32
+    assert train.labels.dtype == test.labels.dtype == torch.int64
+    assert len(train) == 200 and len(test) == 100
+
+    (train_pixels, train_labels), (test_pixels, test_labels) = make_digits(200, 0), make_digits(100, 1)
+    mean_image = train_pixels.astype(np.float64).mean(axis=0)
+    assert torch.equal(train.labels, torch.from_numpy(train_labels).long())
+    assert torch.equal(test.labels, torch.from_numpy(test_labels).long())
+    # raw 0-255 pixels (no /255) minus the *training* mean image, for the test split too
+    np.testing.assert_allclose(train.images[:, 0].numpy(), train_pixels - mean_image, atol=1e-3)
+    np.testing.assert_allclose(test.images[:, 0].numpy(), test_pixels - mean_image, atol=1e-3)
+    assert train.images.mean(dim=0).abs().max() < 1e-3
+    assert test.images.mean(dim=0).abs().max() > 1.0  # the test split's own mean is not subtracted
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch_and_covers_every_example():
+    batches = data.epoch_order(103, 10, seed=3, epoch=2, device=CPU)
+    assert [len(b) for b in batches] == [10] * 10 + [3]
+    assert data.num_batches(103, 10) == 11
+    order = torch.cat(batches)
+    assert sorted(order.tolist()) == list(range(103))
+    assert torch.equal(order, torch.cat(data.epoch_order(103, 10, seed=3, epoch=2, device=CPU)))
+    assert not torch.equal(order, torch.cat(data.epoch_order(103, 10, seed=3, epoch=3, device=CPU)))
+    assert not torch.equal(order, torch.cat(data.epoch_order(103, 10, seed=4, epoch=2, device=CPU)))
+    # the global RNG plays no part: a resumed run draws the same order whatever the RNG did before
+    torch.manual_seed(123)
+    assert torch.equal(order, torch.cat(data.epoch_order(103, 10, seed=3, epoch=2, device=CPU)))
+
+
+def truncate_images(raw: Path) -> Path:
+    path = raw / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    return path
+
+
+def wrong_magic(raw: Path) -> Path:
+    path = raw / "t10k-labels-idx1-ubyte"
+    path.write_bytes((1234).to_bytes(4, "big") + path.read_bytes()[4:])
+    return path
+
+
+def fewer_labels(raw: Path) -> Path:
+    write_idx_labels(raw / "train-labels-idx1-ubyte", np.zeros(150, dtype=np.uint8))
+    return raw / "train-images-idx3-ubyte"
+
+
+def header_only_half(raw: Path) -> Path:
+    path = raw / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:10])
+    return path
+
+
+CORRUPTIONS = {  # name: (damage, the message naming the damaged file)
+    "truncated images": (
+        truncate_images,
+        "{path}: 156716 bytes, but its header promises 200 items (156816 bytes): truncated or corrupt",
+    ),
+    "wrong magic": (
+        wrong_magic, "{path}: wrong magic number 1234, expected 2049: not an IDX file of this kind"
+    ),
+    "label count": (fewer_labels, "{path}: 200 images but train-labels-idx1-ubyte has 150 labels"),
+    "cut inside the header": (
+        header_only_half, "{path}: truncated: 10 bytes, less than its 16-byte IDX header"
+    ),
+}
+
+
+@pytest.fixture
+def corrupt(tmp_path, request):
+    """A data root with one file damaged as the parameter says; (root, expected message)."""
+    damage, message = CORRUPTIONS[request.param]
+    root = write_mnist(tmp_path / "data")
+    path = damage(root / "MNIST" / "raw")
+    return root, message.format(path=path)
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS, indirect=True)
+def test_corrupt_file_is_named_by_validate_and_by_load(corrupt):
+    root, message = corrupt
+    for download in (False, True):  # files that are there are never downloaded again, only checked
+        cfg = data_cfg(root, download=download)
+        assert data.validate(cfg) == [message]
+        with pytest.raises(data.DataError) as err:
+            data.load(cfg, CPU)
+        assert str(err.value) == message
+
+
+def test_corrupt_files_are_named_by_the_cli(tmp_path):
+    cases = []
+    for name, (damage, message) in list(CORRUPTIONS.items())[:3]:  # the fourth is like the first
+        root = write_mnist(tmp_path / name.replace(" ", "_"))
+        path = damage(root / "MNIST" / "raw")
+        out = tmp_path / f"{name.replace(' ', '_')}_run"
+        args = [f"hydra.run.dir={out}", f"data.root={root}", "batch_size=4"]
+        cases.append((args, message.format(path=path), out))
+    results = run_cli_many([args for args, _, _ in cases])
+    for (args, message, out), result in zip(cases, results, strict=True):
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.strip().splitlines() == [f"normexp: error: {message}"]
+        assert not out.exists()
+
+
+def test_data_validate_messages_for_bad_values(tmp_path):
+    assert data.validate(data_cfg(tmp_path, name="cifar")) == [
+        "data.name='cifar': unknown; allowed: mnist, fashion_mnist"
+    ]
+    assert data.validate(data_cfg(tmp_path, download="yes")) == ["data.download='yes': must be true or false"]
+    assert data.validate(data_cfg(tmp_path, download=True)) == []  # to be downloaded before the run starts
+    assert data.train_size(data_cfg(write_mnist(tmp_path / "d", n_train=37))) == 37

@@ -1,0 +1,144 @@
+"""normexp.plots and scripts/plot_sweep.py: what the figures draw, and the files the script writes."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+from conftest import ROOT
+from fake_runs import make_run
+from matplotlib.collections import PolyCollection
+
+from normexp import plots, results
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """Batch size 8: gn with 2 seeds, bn diverged in epoch 3, none diverged in epoch 1 (no rows), brn
+    unfinished. Batch size 16: gn and bn, one seed each."""
+    s = tmp_path / "sweep"
+    make_run(s, "gn", 8, 0, (0.2, 0.1, 0.05))
+    make_run(s, "gn", 8, 1, (0.4, 0.3, 0.15))
+    make_run(s, "bn", 8, 0, (0.3, 0.2), status="diverged", diverged_epoch=3, epochs=3)
+    make_run(s, "none", 8, 0, (), status="diverged", diverged_epoch=1, epochs=3)
+    make_run(s, "brn", 8, 0, (0.3,), status="unfinished", extra=("train.epochs=3",))
+    make_run(s, "gn", 16, 0, (0.1, 0.04, 0.03))
+    make_run(s, "bn", 16, 0, (0.1, 0.05, 0.02))
+    return s
+
+
+def line_of(ax, color: str):
+    """The data line drawn in ``color`` (not an error-bar cap, nor an empty legend proxy)."""
+    [line] = [ln for ln in ax.get_lines()
+              if ln.get_color() == color and len(ln.get_xdata()) and ln.get_linestyle() != "None"]
+    return line
+
+
+def red_crosses(ax) -> list[float]:
+    return sorted(ln.get_xdata()[0] for ln in ax.get_lines() if ln.get_color() == plots.DIVERGED_COLOR)
+
+
+def legend_texts(fig) -> list[str]:
+    return [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+def test_convergence_figure_draws_means_bands_and_divergence(sweep):
+    fig = plots.convergence_figure(results.load([sweep]), 8)
+    ax_obj, ax_err = fig.axes
+    assert ax_obj.get_yscale() == "log" and ax_err.get_yscale() == "linear"
+    assert ax_obj.get_title() == "objective (bs 8)" and ax_err.get_title() == "error (bs 8)"
+    gn = line_of(ax_err, plots.STYLES["gn"].color)
+    assert gn.get_xdata().tolist() == [1, 2, 3]
+    assert gn.get_ydata() == pytest.approx([0.3, 0.2, 0.1])  # mean of the two seeds
+    assert line_of(ax_obj, plots.STYLES["gn"].color).get_ydata() == pytest.approx([0.61, 0.41, 0.21])
+    band = [c for c in ax_err.collections if isinstance(c, PolyCollection)]
+    assert len(band) == 1  # only gn has several seeds
+    low, high = band[0].get_paths()[0].vertices[:, 1].min(), band[0].get_paths()[0].vertices[:, 1].max()
+    assert (low, high) == pytest.approx((0.05, 0.4))
+    bn = line_of(ax_err, plots.STYLES["bn"].color)
+    assert bn.get_xdata().tolist() == [1, 2] and bn.get_linestyle() == "--"
+    # a red x where bn (epoch 3) and none (epoch 1, nothing else to draw) diverged, in both panels
+    assert red_crosses(ax_obj) == red_crosses(ax_err) == [1, 3]
+    assert legend_texts(fig) == [
+        "none (BSLN) [diverged in epoch 1]",
+        "bn (BNORM) [diverged in epoch 3]",
+        "brn (RENORM) [unfinished]",
+        "gn (GNORM) [2 seeds]",
+        "diverged: training loss not finite or above train.max_loss",
+        "line: mean over seeds; band: lowest to highest",
+    ]
+    assert ax_err.get_xlim() == (0.5, 3.5)
+    assert ax_err.get_ylim()[1] > 0.4  # room above the data for the markers
+
+
+def test_writeup_limits(sweep):
+    df = results.load([sweep])
+    fig = plots.convergence_figure(df, 16, writeup_limits=True)
+    assert fig.axes[0].get_ylim()[1] == pytest.approx(0.1) and fig.axes[1].get_ylim() == (0, 0.05)
+    assert plots.writeup_ylim(4) == (0.3, 0.1)
+
+
+def test_summary_figure_is_final_error_against_batch_size_on_a_log2_axis(sweep):
+    fig = plots.summary_figure(results.load([sweep]))
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.xaxis_inverted()  # 256 on the left, 1 on the right
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(2**k) for k in range(9)]
+    gn = line_of(ax, plots.STYLES["gn"].color)
+    assert gn.get_xdata().tolist() == [8, 16] and gn.get_ydata() == pytest.approx([0.1, 0.03])
+    assert line_of(ax, plots.STYLES["bn"].color).get_xdata().tolist() == [16]
+    assert red_crosses(ax) == [8, 8]  # every run of bn and of none diverged at batch size 8
+    assert "bn (BNORM) [diverged at bs 8]" in legend_texts(fig)
+    assert "brn (RENORM) [unfinished at bs 8]" in legend_texts(fig)
+
+
+def test_write_report_writes_every_file(sweep, tmp_path):
+    written = plots.write_report(results.load([sweep]), tmp_path / "out")
+    assert [p.name for p in written] == ["bs-16.png", "bs-8.png", "summary.png", "summary.csv", "summary.md"]
+    image = matplotlib.image.imread(written[0])
+    assert image.shape[:2] == (round(4.6 * 120), 11 * 120) and np.ptp(image) > 0
+    pdfs = plots.write_report(results.load([sweep]), tmp_path / "pdf", fmt="pdf")
+    assert pdfs[0].read_bytes().startswith(b"%PDF") and pdfs[2].name == "summary.pdf"
+
+
+def plot_sweep(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_sweep.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_script_on_a_partial_sweep_says_what_it_left_out(sweep):
+    proc = plot_sweep(sweep)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in sweep.iterdir() if p.is_file()) == [
+        "bs-16.png", "bs-8.png", "summary.csv", "summary.md", "summary.png",
+    ]  # fmt: skip
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 3 and all(line.startswith("plot_sweep: ") for line in lines)
+    assert sum("diverged in epoch" in line for line in lines) == 2 and "no summary.json yet" in lines[1]
+    assert "| gn | 0.0300 | 0.1000 ± 0.0707 (n=2) |" in (sweep / "summary.md").read_text()
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("plot_sweep", ROOT / "scripts" / "plot_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("args, message", [
+    (("{sweep}", "--format", "svg"), "--format=svg: allowed: png, pdf"),
+    (("{tmp}/nope",), "sweep={tmp}/nope: no such folder"),
+    (("{tmp}/empty",), "sweep={tmp}/empty: no run folders found (a run folder holds summary.json, "
+                       "metrics.csv or .hydra/config.yaml)"),
+    ((), "the following arguments are required: FOLDER"),
+])  # fmt: skip
+def test_script_bad_input_is_one_line(tmp_path, sweep, capsys, args, message):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        load_script().main([a.format(sweep=sweep, tmp=tmp_path) for a in args])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"normexp: error: {message.format(tmp=tmp_path)}\n"

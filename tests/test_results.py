@@ -1,0 +1,140 @@
+"""normexp.results: run folders of every status read into one tidy table, and the summary table."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from fake_runs import make_run
+
+from normexp import results
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """gn (2 seeds, completed), bn (diverged in epoch 1, no rows), brn (1 epoch written, no summary yet)."""
+    s = tmp_path / "sweep"
+    make_run(s, "gn", 8, 0, (0.2, 0.10))
+    make_run(s, "gn", 8, 1, (0.3, 0.14))
+    make_run(s, "bn", 8, 0, (), status="diverged", diverged_epoch=1, epochs=2)
+    make_run(s, "brn", 8, 0, (0.25,), status="unfinished")
+    return s
+
+
+def test_every_run_is_a_row_per_epoch_with_its_settings(sweep):
+    skipped = []
+    df = results.load([sweep], skipped)
+    assert skipped == []
+    assert list(df.columns) == [*results.RUN_COLUMNS, *results.EPOCH_COLUMNS]
+    assert len(df) == 2 + 2 + 1 + 1
+    runs = results.runs(df).set_index(["norm", "seed"])
+    assert runs.loc[("gn", 0), "status"] == "completed"
+    assert runs.loc[("gn", 1), "final_val_error"] == 0.14
+    assert runs.loc[("gn", 0), "groups"] == "2" and pd.isna(runs.loc[("bn", 0), "groups"])
+    assert runs.loc[("bn", 0), "status"] == "diverged" and runs.loc[("bn", 0), "diverged_epoch"] == 1
+    # no summary yet: status and learning rate come from the run's .hydra/config.yaml and the lr rule
+    assert runs.loc[("brn", 0), "status"] == results.UNFINISHED
+    assert runs.loc[("brn", 0), "lr"] == pytest.approx(0.01 * 8 / 256)
+    assert runs.loc[("brn", 0), "epochs"] == 30
+    assert set(df["batch_size"]) == {8} and set(df["variant"]) == {"gn", "bn", "brn"}
+
+    bn_rows = df[df["norm"] == "bn"]
+    assert len(bn_rows) == 1 and bn_rows["epoch"].isna().all() and bn_rows["val_error"].isna().all()
+    gn0 = df[(df["norm"] == "gn") & (df["seed"] == 0)]
+    assert gn0["epoch"].tolist() == [1, 2]
+    assert gn0["val_error"].tolist() == [0.2, 0.1]
+    assert gn0["val_loss"].tolist() == pytest.approx([0.41, 0.21])
+    assert str(df["epoch"].dtype) == "Int64"
+
+
+def test_hidden_and_temporary_files_are_never_read(sweep):
+    run_dir = next(sweep.glob("batch_size=8,norm=gn,train.seed=0"))
+    (run_dir / ".metrics.csv.abc.tmp").write_text("epoch,val_error\n1,0.9")  # a write in progress
+    (sweep / ".submitit" / "123").mkdir(parents=True)
+    (sweep / ".submitit" / "123" / "summary.json").write_text("{not json")
+    df = results.load([sweep])
+    assert len(results.runs(df)) == 4
+    assert df.loc[df["run_dir"] == str(run_dir), "val_error"].tolist() == [0.2, 0.1]
+
+
+def test_an_unreadable_run_is_skipped_with_the_reason(sweep):
+    bad = make_run(sweep, "gn", 16, 0)
+    (bad / "summary.json").write_text("{torn")
+    skipped = []
+    df = results.load([sweep], skipped)
+    assert len(skipped) == 1 and str(bad) in skipped[0] and "unreadable" in skipped[0]
+    assert len(results.runs(df)) == 4
+
+
+def test_jobs_a_sweep_planned_but_has_not_started_are_reported(sweep):
+    # as Hydra records it: the preset's params, then the command line, where batch_size=8 replaces 8,16
+    (sweep / "multirun.yaml").write_text(
+        "hydra:\n  sweeper:\n    _target_: hydra._internal.core_plugins.basic_sweeper.BasicSweeper\n"
+        "    params:\n      norm: none,bn,brn,gn\n      batch_size: 8,16\n      train.seed: 0\n"
+        "  overrides:\n    task:\n    - batch_size=8\n    - train.seed=0,1\n    - train.epochs=2\n"
+    )
+    assert results.planned_job_count(sweep) == 4 * 1 * 2
+    skipped = []
+    results.load([sweep], skipped)
+    assert skipped == [f"{sweep}: 4 of the 8 jobs in multirun.yaml have no folder yet (not started)"]
+
+
+def test_several_folders_single_runs_and_duplicates(tmp_path, sweep):
+    other = make_run(tmp_path / "other", "gn", 4, 0, (0.3,))
+    df = results.load([sweep, other, sweep / "batch_size=8,norm=gn,train.seed=0", tmp_path])
+    assert len(results.runs(df)) == 5  # each run once, however it was reached
+    assert sorted(df["batch_size"].unique()) == [4, 8]
+    with pytest.raises(FileNotFoundError):
+        results.load([tmp_path / "nope"])
+    assert results.load([]).empty
+
+
+def test_variants_name_the_settings_that_differ_within_a_norm(tmp_path):
+    for groups in ("1", "10", "5", "per_channel"):
+        make_run(tmp_path, "gn", 2, 0, (0.1,), extra=(f"norm.groups={groups}",))
+    make_run(tmp_path, "bn", 2, 0, (0.1,))
+    df = results.load([tmp_path])
+    assert results.variant_order(df["variant"], ("bn", "gn")) == [
+        "bn", "gn groups=1", "gn groups=5", "gn groups=10", "gn groups=per_channel",
+    ]  # fmt: skip
+
+
+def test_summary_table_mean_std_and_status(sweep):
+    make_run(sweep, "gn", 16, 0, (0.05,))
+    make_run(sweep, "gn", 16, 1, (0.1,), status="diverged", diverged_epoch=2, epochs=3)
+    table = results.summary_table(results.load([sweep])).set_index(["variant", "batch_size"])
+    gn8 = table.loc[("gn", 8)]
+    assert gn8["runs"] == 2 and gn8["completed"] == 2 and gn8["status"] == "completed"
+    assert gn8["final_val_error_mean"] == pytest.approx(0.12)
+    assert gn8["final_val_error_std"] == pytest.approx(math.sqrt(2 * 0.02**2))  # sample std of 0.10, 0.14
+    gn16 = table.loc[("gn", 16)]
+    assert gn16["final_val_error_mean"] == 0.05 and gn16["status"] == "1 completed, 1 diverged"
+    assert table.loc[("bn", 8), "status"] == "diverged"
+    assert math.isnan(table.loc[("bn", 8), "final_val_error_mean"])
+    assert table.loc[("brn", 8), "status"] == results.UNFINISHED
+
+    md = results.summary_markdown(results.summary_table(results.load([sweep])), ("none", "bn", "brn", "gn"))
+    assert md.splitlines() == [
+        "| norm | bs 16 | bs 8 |",
+        "|---|---|---|",
+        "| bn |  | diverged |",
+        "| brn |  | unfinished |",
+        "| gn | 0.0500; 1/2 diverged | 0.1200 ± 0.0283 (n=2) |",
+    ]
+
+
+def test_status_notes_say_what_each_unfinished_run_shows(sweep):
+    notes = results.status_notes(results.load([sweep]))
+    assert len(notes) == 2
+    assert "bn, batch size 8, seed 0: diverged in epoch 1" in notes[0] and "nothing to draw" in notes[0]
+    assert "brn, batch size 8, seed 0: no summary.json yet" in notes[1]
+    assert "drawn for its 1 finished epoch;" in notes[1]
+
+
+def test_latest_sweep_is_the_newest_by_name(tmp_path):
+    assert results.latest_sweep(tmp_path / "none") is None
+    for name in ("mcn_sweep_2026-01-02_10-00-00-000001", "mcn_sweep_2026-01-02_10-00-00-000002", "gn_groups"):
+        (tmp_path / name).mkdir()
+    assert results.latest_sweep(tmp_path).name == "mcn_sweep_2026-01-02_10-00-00-000002"

@@ -1,0 +1,113 @@
+"""Real tiny multiruns (tiny data, 1 epoch) with each local launcher, and the experiment presets."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_cli, write_mnist
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from normexp import config, plots, results, train
+
+GRID = ["batch_size=16,norm=bn", "batch_size=16,norm=gn", "batch_size=8,norm=bn", "batch_size=8,norm=gn"]
+
+
+def job_folders(sweep: Path) -> list[str]:
+    return sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_tiny_multirun_names_its_jobs_and_draws_them(tmp_path, tiny_mnist, launcher):
+    sweep = tmp_path / "sweep"
+    extra = ["hydra/launcher=joblib"] if launcher == "joblib" else []
+    proc = run_cli("-m", "norm=gn,bn", "batch_size=8,16", "train.epochs=1", f"data.root={tiny_mnist}",
+                   f"hydra.sweep.dir={sweep}", *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert job_folders(sweep) == GRID  # named by what varies; data.root and train.epochs left out
+
+    skipped = []
+    df = results.load([sweep], skipped)
+    assert skipped == [] and results.planned_job_count(sweep) == 4
+    assert len(df) == 4 and df["epoch"].tolist() == [1, 1, 1, 1]
+    assert sorted(zip(df["norm"], df["batch_size"], strict=True)) == [("bn", 8), ("bn", 16), ("gn", 8),
+                                                                       ("gn", 16)]
+    assert set(df["status"]) == {"completed"} and set(df["seed"]) == {0} and set(df["epochs"]) == {1}
+    assert df["lr"].tolist() == pytest.approx([0.01 * bs / 256 for bs in df["batch_size"]])
+    assert df["step"].tolist() == [math.ceil(200 / bs) for bs in df["batch_size"]]
+    assert df["val_error"].between(0, 1).all() and (df["val_loss"] > 0).all()
+    assert (df["final_val_error"] == df["val_error"]).all()
+
+    written = plots.write_report(df, sweep)
+    assert [p.name for p in written] == ["bs-16.png", "bs-8.png", "summary.png", "summary.csv", "summary.md"]
+    assert all(p.stat().st_size > 1000 for p in written[:3])
+
+
+def test_submitit_local_runs_every_job_and_a_diverged_one_stops_no_other(tmp_path, tiny_mnist):
+    sweep = tmp_path / "sweep"
+    # a loss bound of 0.01 ends the first job as diverged at its first step; the second runs as usual
+    proc = run_cli("-m", "norm=gn", "batch_size=8", "train.max_loss=0.01,1000", "train.epochs=1",
+                   f"data.root={tiny_mnist}", f"hydra.sweep.dir={sweep}", "hydra/launcher=submitit_local")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert job_folders(sweep) == [
+        "batch_size=8,norm=gn,train.max_loss=0.01", "batch_size=8,norm=gn,train.max_loss=1000",
+    ]  # fmt: skip
+    assert (sweep / ".submitit").is_dir()  # submitit's own logs, hidden from the results
+
+    runs = results.runs(results.load([sweep])).set_index("job")
+    diverged = runs.loc["batch_size=8,norm=gn,train.max_loss=0.01"]
+    assert diverged["status"] == "diverged"
+    assert (diverged["diverged_epoch"], diverged["diverged_step"]) == (1, 1)
+    assert diverged["epochs_run"] == 0 and diverged["variant"] == "gn train.max_loss=0.01"
+    assert runs.loc["batch_size=8,norm=gn,train.max_loss=1000", "status"] == "completed"
+
+
+def test_a_command_line_seed_list_replaces_the_presets(tmp_path, tiny_mnist):
+    """gn_groups sweeps train.seed: 0 and batch_size: 256,2; the command line's lists replace them, so
+    2 jobs run (seeds 0 and 1), not 3 (0 plus 0,1) nor 10."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "experiment=gn_groups", "norm.groups=1", "batch_size=8", "train.seed=0,1",
+                   "train.epochs=1", f"data.root={tiny_mnist}", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert job_folders(sweep) == [
+        "batch_size=8,norm.groups=1,train.seed=0", "batch_size=8,norm.groups=1,train.seed=1",
+    ]  # fmt: skip
+    assert results.planned_job_count(sweep) == 2
+    df = results.load([sweep])
+    assert sorted(df["seed"]) == [0, 1] and set(df["groups"]) == {"1"} and set(df["variant"]) == {"gn"}
+    # different seeds, different runs
+    assert df["val_loss"].iloc[0] != df["val_loss"].iloc[1]
+
+
+def compose_job(overrides: list[str]):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=True)
+
+
+@pytest.mark.parametrize("preset, params, prefix", [
+    ("mcn_sweep", {"norm": "none,bn,brn,gn", "batch_size": "256,128,64,32,16,4,2,1", "train.seed": "0"},
+     "outputs/sweeps/mcn_sweep_"),
+    ("gn_groups", {"norm.groups": "1,2,5,10,per_channel", "batch_size": "256,2", "train.seed": "0"},
+     "outputs/sweeps/gn_groups_"),
+])  # fmt: skip
+def test_presets_compose_and_every_job_is_valid(tmp_path, preset, params, prefix):
+    data_root = write_mnist(tmp_path / "data", n_train=256, n_test=10)
+    cfg = compose_job([f"experiment={preset}"])
+    assert OmegaConf.to_container(cfg.hydra.sweeper.params) == params
+    sweep_dir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["dir"]
+    assert sweep_dir == prefix + "${now:%Y-%m-%d_%H-%M-%S-%f}"  # microseconds: no collision in one second
+    assert cfg.train.epochs == 30
+
+    grid = [[f"{k}={v}" for v in str(values).split(",")] for k, values in params.items()]
+    jobs = list(itertools.product(*grid))
+    assert len(jobs) == {"mcn_sweep": 32, "gn_groups": 10}[preset]
+    for job in jobs:
+        job_cfg = compose_job([f"experiment={preset}", *job, f"data.root={data_root}"])
+        assert config.problems(job_cfg) == [], job
+        expected_epochs = 10 if preset == "mcn_sweep" and job_cfg.batch_size == 1 else 30
+        assert train.planned_epochs(job_cfg.train, job_cfg.batch_size) == expected_epochs
+        if preset == "gn_groups":
+            assert job_cfg.norm.name == "gn"

@@ -1,0 +1,212 @@
+"""Real runs of the CLI on tiny data: the files, determinism, divergence, and losing nothing to SIGKILL or
+SIGTERM, for a single run and for a sweep."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import ROOT, run_cli, run_cli_many, write_mnist
+
+from normexp import runfiles
+
+TIMING = ["seconds", "samples_per_s"]
+# one thread: tiny batches run fastest so, and parallel test runs do not fight over the cores
+QUIET = ["train.threads=1", "train.progress=false"]
+
+
+def metrics(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / runfiles.METRICS)
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / runfiles.SUMMARY).read_text())
+
+
+def assert_same_metrics(a: Path, b: Path) -> None:
+    pd.testing.assert_frame_equal(metrics(a).drop(columns=TIMING), metrics(b).drop(columns=TIMING),
+                                  check_exact=True)  # fmt: skip
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "NORMEXP_DATA_ROOT"}
+    return subprocess.Popen([sys.executable, "-m", "normexp.train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    """Polls ``condition`` until it holds; fails if ``process`` ends first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before {what}:\n{process.stdout.read()}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def finished_epochs(run_dir: Path) -> int:
+    try:
+        return len(metrics(run_dir))
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return 0
+
+
+def test_short_run_writes_its_files_and_the_same_seed_gives_the_same_metrics(tiny_mnist, tmp_path):
+    runs = {name: tmp_path / name for name in ("a", "a_again", "other_seed")}
+    common = [f"data.root={tiny_mnist}", "norm=gn", "batch_size=16", "train.epochs=2", *QUIET]
+    results = run_cli_many([[f"hydra.run.dir={runs['a']}", *common],
+                            [f"hydra.run.dir={runs['a_again']}", *common],
+                            [f"hydra.run.dir={runs['other_seed']}", *common, "train.seed=1"]])  # fmt: skip
+    assert [r.returncode for r in results] == [0, 0, 0], [r.stderr for r in results]
+
+    run = runs["a"]
+    files = {p.name for p in run.iterdir()}
+    assert files >= {".hydra", "metrics.csv", "summary.json", "checkpoint.pt", "train.log"}
+    df = metrics(run)
+    assert tuple(df.columns) == runfiles.METRIC_COLUMNS
+    assert df["epoch"].tolist() == [1, 2] and df["step"].tolist() == [13, 26]  # 200 digits: 12 x 16 + 1 x 8
+    assert df["lr"].tolist() == [0.01 * 16 / 256] * 2
+    assert df["r_max"].isna().all() and df["d_max"].isna().all()
+    assert df["train_loss"].iloc[1] < df["train_loss"].iloc[0] < 2.31
+    assert ((df[["train_error", "val_error"]] >= 0) & (df[["train_error", "val_error"]] <= 1)).all().all()
+    s = summary(run)
+    assert (s["status"], s["epochs_run"], s["epochs"], s["steps"]) == ("completed", 2, 2, 26)
+    assert s["final_val_error"] == df["val_error"].iloc[-1] and s["final_val_loss"] == df["val_loss"].iloc[-1]
+    assert s["best_val_error"] == df["val_error"].min()
+    assert (s["norm"], s["batch_size"], s["seed"], s["lr"]) == ("gn", 16, 0, 0.01 * 16 / 256)
+    checkpoint = runfiles.load_checkpoint(run)
+    assert (checkpoint["epoch"], checkpoint["batch"], checkpoint["step"]) == (2, 0, 26)
+
+    assert_same_metrics(run, runs["a_again"])
+    assert metrics(runs["other_seed"])["train_loss"].iloc[0] != df["train_loss"].iloc[0]
+
+
+def test_divergence_ends_the_run_as_a_result_and_bn_trains_at_batch_size_one(tmp_path):
+    data = write_mnist(tmp_path / "data", n_train=40, n_test=20)
+    bound, bn1 = tmp_path / "bound", tmp_path / "bn1"
+    common = [f"data.root={data}", "train.epochs=2", *QUIET]
+    results = run_cli_many([
+        [f"hydra.run.dir={bound}", *common, "batch_size=8", "train.max_loss=1.0"],  # first loss ~ ln 10
+        [f"hydra.run.dir={bn1}", *common, "batch_size=1", "norm=bn"],
+    ])  # fmt: skip
+    assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
+
+    s = bound_summary = summary(bound)
+    assert s["status"] == "diverged" and s["epochs_run"] == 0
+    assert (s["diverged_at"]["epoch"], s["diverged_at"]["step"]) == (1, 1)
+    assert s["diverged_at"]["loss"] == pytest.approx(math.log(10), abs=0.1)
+    assert len(metrics(bound)) == 0  # the header only: no epoch finished
+
+    # a diverged run is finished: the same command again does nothing
+    again = run_cli(f"hydra.run.dir={bound}", *common, "batch_size=8", "train.max_loss=1.0")
+    assert again.returncode == 0 and summary(bound) == bound_summary
+    assert "already diverged after 0 epochs, nothing to do" in (bound / "train.log").read_text()
+
+    s = summary(bn1)
+    assert (s["status"], s["epochs_run"], s["steps"]) == ("completed", 2, 80)
+    assert metrics(bn1)[["train_loss", "val_loss"]].map(math.isfinite).all().all()
+
+
+# a run long enough to be killed in the middle of an epoch: 600 digits at batch size 4 (150 steps an epoch),
+# BRN with its (r_max, d_max) ramp in steps across all three epochs, so that the resumed run must restore the
+# moving statistics, the optimizer and the schedule position
+RESUMABLE = ["norm=brn", "batch_size=4", "train.epochs=3", "norm.schedule.unit=step",
+             "norm.schedule.warmup=100", "norm.schedule.ramp=250", *QUIET]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def resumable(tmp_path_factory):
+    """(data root, a function returning the folder of the uninterrupted run); the run starts in the
+    background at once, to overlap the interrupted runs."""
+    base = tmp_path_factory.mktemp("resumable")
+    data, run_dir = write_mnist(base / "data", n_train=600, n_test=100), base / "uninterrupted"
+    process = start_cli(f"hydra.run.dir={run_dir}", f"data.root={data}", *RESUMABLE)
+
+    def uninterrupted() -> Path:
+        assert process.wait(timeout=300) == 0, process.stdout.read()
+        return run_dir
+
+    yield data, uninterrupted
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_metrics(resumable, tmp_path):
+    data, uninterrupted = resumable
+    args = [f"hydra.run.dir={tmp_path / 'run'}", f"data.root={data}", *RESUMABLE]
+    victim = start_cli(*args)
+    wait_for(lambda: finished_epochs(tmp_path / "run") >= 1, victim, "the first epoch finished")
+    time.sleep(0.05)  # into the next epoch (150 steps: even a fast machine is still in it)
+    victim.kill()
+    victim.wait()
+    assert finished_epochs(tmp_path / "run") < 3 and not (tmp_path / "run" / runfiles.SUMMARY).exists()
+
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "resuming" in log and summary(tmp_path / "run")["status"] == "completed"
+    assert_same_metrics(tmp_path / "run", uninterrupted())
+
+
+def test_sigterm_finishes_the_step_saves_and_resumes_to_the_uninterrupted_metrics(resumable, tmp_path):
+    data, uninterrupted = resumable
+    run_dir = tmp_path / "run"
+    args = [f"hydra.run.dir={run_dir}", f"data.root={data}", *RESUMABLE]
+    victim = start_cli(*args)
+    wait_for(lambda: finished_epochs(run_dir) >= 1, victim, "the first epoch finished")
+    time.sleep(0.05)
+    victim.send_signal(signal.SIGTERM)
+    assert victim.wait(timeout=60) == 128 + signal.SIGTERM
+
+    s = summary(run_dir)
+    assert s["status"] == "interrupted" and not runfiles.is_finished(run_dir)
+    checkpoint = runfiles.load_checkpoint(run_dir)
+    epoch, batch = s["interrupted_at"]["epoch"], s["interrupted_at"]["batch"]
+    assert (checkpoint["epoch"], checkpoint["batch"]) == (epoch - 1, batch)  # checkpoint: 0-based epoch
+    assert checkpoint["step"] == 150 * (epoch - 1) + batch  # every step it took is in the checkpoint
+    assert len(checkpoint["epoch_losses"]) == batch
+    assert finished_epochs(run_dir) == epoch - 1
+
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {run_dir} at epoch {epoch}, batch {batch}" in (run_dir / "train.log").read_text()
+    assert summary(run_dir)["status"] == "completed"
+    assert_same_metrics(run_dir, uninterrupted())
+
+
+def test_sweep_killed_and_run_again_runs_nothing_twice_and_finishes(tmp_path):
+    data, sweep = write_mnist(tmp_path / "data", n_train=600, n_test=50), tmp_path / "sweep"
+    args = ["-m", f"hydra.sweep.dir={sweep}", f"data.root={data}", "norm=gn,bn,none", "batch_size=10",
+            "train.epochs=3", *QUIET]  # fmt: skip
+    first, second, third = (sweep / f"batch_size=10,norm={n}" for n in ("gn", "bn", "none"))
+    process = start_cli(*args)
+    # kill the sweep once its second job has checkpointed its first epoch: the first job is done, the second
+    # half way, the third not started
+    wait_for(lambda: (second / runfiles.CHECKPOINT).exists(), process, "the second job's first epoch")
+    process.kill()
+    process.wait()
+    assert runfiles.is_finished(first) and not runfiles.is_finished(second) and not third.exists()
+    first_summary = (first / runfiles.SUMMARY).read_bytes()
+
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    for job in (first, second, third):
+        s = summary(job)
+        assert (s["status"], s["epochs_run"]) == ("completed", 3), job
+        assert metrics(job)["epoch"].tolist() == [1, 2, 3]
+    assert (first / runfiles.SUMMARY).read_bytes() == first_summary  # not run again
+    first_log = (first / "train.log").read_text()
+    assert "already completed after 3 epochs, nothing to do" in first_log
+    assert [first_log.count(f"epoch {e}/3 train loss") for e in (1, 2, 3)] == [1, 1, 1]
+    second_log = (second / "train.log").read_text()
+    assert "resuming" in second_log and second_log.count("epoch 1/3 train loss") == 1
+
