@@ -94,9 +94,7 @@ def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
 
     params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
     arguments = params + list(config.hydra.overrides.task)
-    overrides = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader()).parse_overrides(
-        arguments
-    )
+    overrides = OverridesParser.create().parse_overrides(arguments)
     return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
 
 

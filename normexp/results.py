@@ -19,12 +19,11 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from normexp import norm, optim, runfiles, train
+from normexp import config, norm, optim, runfiles, train
 
 UNFINISHED = "unfinished"  # no summary.json yet: still running, or killed or failed before writing one
 STATUSES = ("completed", "diverged", "interrupted", UNFINISHED)
@@ -64,17 +63,8 @@ def planned_job_count(sweep_dir: Path) -> int | None:
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
         return None
-    cfg = OmegaConf.load(path)
-    if not str(cfg.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
-        return None
-    params = cfg.hydra.sweeper.get("params") or {}
-    # as BasicSweeper: the preset's params, then the command line; a key given again replaces the earlier one
-    arguments = [f"{k}={v}" for k, v in params.items()] + list(cfg.hydra.overrides.task)
-    choices = {}
-    for override in OverridesParser.create().parse_overrides(arguments):
-        n = len(list(override.sweep_string_iterator())) if override.is_discrete_sweep() else 1
-        choices[override.get_key_element()] = n
-    return math.prod(choices.values())
+    jobs = config.sweep_jobs(OmegaConf.load(path))
+    return None if jobs is None else len(jobs)
 
 
 def load(paths: Iterable[str | Path], skipped: list[str] | None = None) -> pd.DataFrame:
