@@ -56,7 +56,10 @@ def parallel_jobs() -> int:
         n_jobs = launcher.get("n_jobs", -1)
         return available_cores() if n_jobs is None or n_jobs < 1 else n_jobs
     if "LocalLauncher" in target:
-        return int(launcher.get("tasks_per_node", 1) or 1) * int(launcher.get("array_parallelism", 1) or 1)
+        # submitit's local launcher starts every job of the sweep at once: the box is shared by as many jobs
+        # as it has cores, or by as many as fit when each asks for cpus_per_task
+        cpus = launcher.get("cpus_per_task")
+        return max(1, available_cores() // cpus) if cpus else available_cores()
     return 1
 
 
