@@ -58,18 +58,17 @@ class BatchRenorm2d(nn.Module):
         if not self.training:
             scale = self.weight / self.running_std
             return torch.addcmul((self.bias - self.running_mean * scale).view(shape), x, scale.view(shape))
-        dims = [0, *range(2, x.dim())]
-        var, mean = torch.var_mean(x, dim=dims, correction=0)
-        std = (var + self.eps).sqrt()
         with torch.no_grad():
+            var, mean = torch.var_mean(x, dim=[0, *range(2, x.dim())], correction=0)
+            std = (var + self.eps).sqrt_()
             r = (std / self.running_std).clamp_(1.0 / self.r_max, self.r_max)
             d = ((mean - self.running_mean) / self.running_std).clamp_(-self.d_max, self.d_max)
             self.running_mean.lerp_(mean, self.alpha)
             self.running_std.lerp_(std, self.alpha)
-        # gamma * ((x - mu_B) / sigma_B * r + d) + beta, folded into one multiply-add over x
-        scale = self.weight * r / std
-        shift = self.bias + self.weight * d - mean * scale
-        return torch.addcmul(shift.view(shape), x, scale.view(shape))
+        # gamma * (x_hat_B * r + d) + beta is batch norm with scale gamma * r and shift gamma * d + beta,
+        # r and d being constants: PyTorch's fused kernel then carries the gradient through mu_B and sigma_B
+        scale, shift = self.weight * r, torch.addcmul(self.bias, self.weight, d)
+        return torch.batch_norm(x, scale, shift, None, None, True, 0.0, self.eps, False)
 
     def extra_repr(self) -> str:
         return (
