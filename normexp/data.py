@@ -152,8 +152,3 @@ def epoch_order(
     sees the same order; the last batch may be smaller."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return list(torch.randperm(num_examples, generator=generator).to(device).split(batch_size))
-
-
-def num_batches(num_examples: int, batch_size: int) -> int:
-    return -(-num_examples // batch_size)
-

@@ -54,9 +54,13 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def is_finished(run_dir: Path) -> bool:
+def is_finished(run_dir: Path, epochs: int | None = None) -> bool:
+    """Whether the run needs no more training: it diverged, or it completed (at least ``epochs`` epochs where
+    given: a completed run asked for more epochs goes on from its checkpoint)."""
     summary = read_summary(run_dir)
-    return summary is not None and summary.get("status") in FINAL_STATUSES
+    if summary is None or summary.get("status") not in FINAL_STATUSES:
+        return False
+    return summary["status"] == "diverged" or epochs is None or summary["epochs_run"] >= epochs
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:

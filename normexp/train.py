@@ -162,8 +162,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train (or resume) the run in ``run_dir``; returns its summary."""
     bs, tc = cfg.batch_size, cfg.train
     epochs = planned_epochs(tc, bs)
-    previous = runfiles.read_summary(run_dir) if tc.resume else None
-    if previous and (previous["status"] == "diverged" or previous["epochs_run"] >= epochs):
+    if tc.resume and runfiles.is_finished(run_dir, epochs):
+        previous = runfiles.read_summary(run_dir)
         log.info(
             "%s: already %s after %d epochs, nothing to do",
             run_dir,

@@ -61,6 +61,11 @@ def test_metrics_summary_and_checkpoint_round_trip(tmp_path):
         runfiles.write_summary(tmp_path, {"status": status, "best": float("nan")})
         assert runfiles.read_summary(tmp_path)["status"] == status
         assert runfiles.is_finished(tmp_path) is finished
+    # a completed run asked for more epochs than it ran is not finished; a diverged one always is
+    runfiles.write_summary(tmp_path, {"status": "completed", "epochs_run": 2})
+    assert runfiles.is_finished(tmp_path, epochs=2) and not runfiles.is_finished(tmp_path, epochs=3)
+    runfiles.write_summary(tmp_path, {"status": "diverged", "epochs_run": 0})
+    assert runfiles.is_finished(tmp_path, epochs=30)
 
     assert runfiles.load_checkpoint(tmp_path) is None
     state = {"w": torch.arange(5.0), "epoch": 2, "rng": torch.get_rng_state()}
