@@ -82,11 +82,15 @@ def exit_if_unknown_choice(args: list[str]) -> None:
     exit_with(unknown_choices(args))
 
 
+def _basic_sweeper(config: DictConfig) -> bool:
+    return str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper")
+
+
 def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
     """The overrides of every job of a sweep, expanded as Hydra's basic sweeper will expand them; None for
     other sweepers (their jobs are checked one by one as they start)."""
     sweeper = config.hydra.sweeper
-    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+    if not _basic_sweeper(config):
         return None
     # Hydra's own expansion (a public static method of a class in its _internal package), so that the jobs
     # checked here are exactly the jobs it will launch
@@ -117,8 +121,9 @@ def sweep_problems(config: DictConfig) -> list[str]:
 
 
 class ValidateConfig(Callback):
-    """Checks a single run before Hydra makes its folder, every job of a sweep before the first starts, and
-    each job again as it starts."""
+    """Checks a single run before Hydra makes its folder, and every job of a sweep before the first starts
+    (under a sweeper other than Hydra's basic one, whose jobs cannot be listed up front: each job as it
+    starts)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         exit_with(problems(config, fetch=True))
@@ -127,5 +132,5 @@ class ValidateConfig(Callback):
         exit_with(sweep_problems(config))
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.hydra.mode == RunMode.MULTIRUN:
+        if config.hydra.mode == RunMode.MULTIRUN and not _basic_sweeper(config):
             exit_with(problems(config))

@@ -238,8 +238,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     def update_renorm_limits(epoch: int, step: int) -> None:
         """Batch renorm's (r_max, d_max) for the step after ``step`` steps, during 0-based ``epoch``."""
         nonlocal limits
-        if norm.renorm_limits(cfg.norm, epoch + 1, step + 1) != limits:
-            limits = norm.renorm_limits(cfg.norm, epoch + 1, step + 1)
+        now = norm.renorm_limits(cfg.norm, epoch + 1, step + 1)
+        if now != limits:
+            limits = now
             norm.set_renorm_limits(model, *limits)
 
     log.info(
