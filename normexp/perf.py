@@ -85,15 +85,6 @@ def apply(settings: CpuSettings) -> None:
     torch.backends.mkldnn.enabled = settings.mkldnn
 
 
-def to_layout(images: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
-    """``images`` (N, C, H, W) with the strides of ``memory_format``. With one channel, NCHW and NHWC hold the
-    same bytes and ``.contiguous(memory_format=...)`` keeps the NCHW strides, which oneDNN then reads as NCHW;
-    a copy into an empty tensor of the wanted format gets the NHWC strides."""
-    if images.is_contiguous() and memory_format == torch.contiguous_format:
-        return images
-    return torch.empty_like(images, memory_format=memory_format).copy_(images)
-
-
 def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
     """Lays each optimizer state tensor (momentum) out like its parameter, e.g. after loading a checkpoint
     written under another layout: the fused update walks parameter, gradient and state as flat arrays."""

@@ -67,12 +67,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, split: data.Split, batch_size: int) -> tuple[float, float]:
+def evaluate(
+    model: torch.nn.Module,
+    split: data.Split,
+    batch_size: int,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> tuple[float, float]:
     """Mean cross-entropy and top-1 error over the whole split, in eval mode."""
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=split.images.device)
-    wrong = torch.zeros((), dtype=torch.int64, device=split.images.device)
-    for x, y in zip(split.images.split(batch_size), split.labels.split(batch_size), strict=True):
+    loss_sum = torch.zeros((), dtype=torch.float64, device=split.labels.device)
+    wrong = torch.zeros((), dtype=torch.int64, device=split.labels.device)
+    for x, y in split.in_order(batch_size, memory_format):
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         wrong += (logits.argmax(1) != y).sum()
@@ -129,6 +134,7 @@ def train_steps(
     train_set: data.Split,
     batches: list[torch.Tensor],
     epoch_log: EpochLog,
+    memory_format: torch.memory_format = torch.contiguous_format,
     first_step: int = 0,
     before_step: Callable[[int], None] | None = None,
     stop: StopSignal | None = None,
@@ -140,7 +146,7 @@ def train_steps(
     for idx in batches:
         if before_step is not None:
             before_step(first_step + taken)
-        x, y = train_set.images.index_select(0, idx), train_set.labels.index_select(0, idx)
+        x, y = train_set.batch(idx, memory_format)
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
@@ -180,7 +186,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     perf.apply(cpu)
     torch.manual_seed(tc.seed)
     train_set, test_set = data.load(cfg.data, device)
-    test_set = data.Split(perf.to_layout(test_set.images, eval_cpu.memory_format), test_set.labels)
     model, optimizer, lr = build_model(cfg, device, cpu)
     renorm = cfg.norm.name == "brn"
     renorm_per_step = renorm and cfg.norm.schedule.unit == "step"
@@ -284,6 +289,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     train_set,
                     batches[i : i + sync_every],
                     epoch_log,
+                    cpu.memory_format,
                     first_step=step,
                     before_step=before_step,
                     stop=stop,
@@ -322,7 +328,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         sizes = torch.tensor([len(b) for b in batches])
         train_loss, train_error = epoch_log.means(sizes, len(train_set))
         perf.apply(eval_cpu)
-        val_loss, val_error = evaluate(model, test_set, tc.eval_batch_size)
+        val_loss, val_error = evaluate(model, test_set, tc.eval_batch_size, eval_cpu.memory_format)
         perf.apply(cpu)
         seconds = epoch_seconds + time.perf_counter() - t0
         rows.append({

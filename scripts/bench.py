@@ -116,9 +116,7 @@ class NormexpLoop:
         perf.apply(self.settings)
         torch.manual_seed(tc.seed)
         self.cfg = cfg
-        self.train_set, test_set = data.load(cfg.data, self.device)
-        eval_images = perf.to_layout(test_set.images, self.eval_settings.memory_format)
-        self.test_set = data.Split(eval_images, test_set.labels)
+        self.train_set, self.test_set = data.load(cfg.data, self.device)
         self.model, self.optimizer, _ = train.build_model(cfg, self.device, self.settings)
         if cfg.norm.name == "brn":
             norm.set_renorm_limits(self.model, *norm.renorm_limits(cfg.norm, 1, 1))
@@ -142,14 +140,15 @@ class NormexpLoop:
         while steps > 0:
             chunk = self._take(min(steps, self.sync_every))
             taken = train.train_steps(self.model, self.optimizer, self.train_set, chunk, self.epoch_log,
-                                      first_step=self.step)
+                                      self.settings.memory_format, first_step=self.step)
             self.epoch_log.flush(self.cfg.train.max_loss, self.step + 1, self.epoch + 1)
             self.step, steps, samples = self.step + taken, steps - taken, samples + sum(len(b) for b in chunk)
         return samples
 
     def evaluate(self) -> None:
         perf.apply(self.eval_settings)
-        train.evaluate(self.model, self.test_set, self.cfg.train.eval_batch_size)
+        train.evaluate(self.model, self.test_set, self.cfg.train.eval_batch_size,
+                       self.eval_settings.memory_format)
         perf.apply(self.settings)
 
 

@@ -19,11 +19,11 @@ def data_cfg(root: Path, **extra):
     return OmegaConf.create({"name": "mnist", "root": str(root), "download": False, **extra})
 
 
-def test_load_shapes_dtypes_and_centring_by_the_training_mean(tmp_path):
+def test_load_keeps_pixels_and_gives_batches_centred_by_the_training_mean(tmp_path):
     root = write_mnist(tmp_path / "data", n_train=200, n_test=100)
     train, test = data.load(data_cfg(root), CPU)
-    assert train.images.shape == (200, 1, 28, 28) and test.images.shape == (100, 1, 28, 28)
-    assert train.images.dtype == test.images.dtype == torch.float32
+    assert train.pixels.shape == (200, 1, 28, 28) and test.pixels.shape == (100, 1, 28, 28)
+    assert train.pixels.dtype == test.pixels.dtype == torch.uint8
     assert train.labels.dtype == test.labels.dtype == torch.int64
     assert len(train) == 200 and len(test) == 100
 
@@ -31,11 +31,33 @@ def test_load_shapes_dtypes_and_centring_by_the_training_mean(tmp_path):
     mean_image = train_pixels.astype(np.float64).mean(axis=0)
     assert torch.equal(train.labels, torch.from_numpy(train_labels).long())
     assert torch.equal(test.labels, torch.from_numpy(test_labels).long())
+    train_images = torch.cat([x for x, _ in train.in_order(64)])
+    test_images, labels = zip(*test.in_order(64), strict=True)
+    assert [len(y) for y in labels] == [64, 36] and torch.equal(torch.cat(labels), test.labels)
+    test_images = torch.cat(test_images)
+    assert train_images.dtype == test_images.dtype == torch.float32
     # raw 0-255 pixels (no /255) minus the *training* mean image, for the test split too
-    np.testing.assert_allclose(train.images[:, 0].numpy(), train_pixels - mean_image, atol=1e-3)
-    np.testing.assert_allclose(test.images[:, 0].numpy(), test_pixels - mean_image, atol=1e-3)
-    assert train.images.mean(dim=0).abs().max() < 1e-3
-    assert test.images.mean(dim=0).abs().max() > 1.0  # the test split's own mean is not subtracted
+    np.testing.assert_allclose(train_images[:, 0].numpy(), train_pixels - mean_image, atol=1e-3)
+    np.testing.assert_allclose(test_images[:, 0].numpy(), test_pixels - mean_image, atol=1e-3)
+    assert train_images.mean(dim=0).abs().max() < 1e-3
+    assert test_images.mean(dim=0).abs().max() > 1.0  # the test split's own mean is not subtracted
+
+    idx = torch.tensor([5, 0, 199])
+    x, y = train.batch(idx)
+    assert torch.equal(x, train_images[idx]) and torch.equal(y, train.labels[idx])
+
+
+def test_batches_come_in_the_asked_layout_with_the_same_values(tmp_path):
+    train, _ = data.load(data_cfg(write_mnist(tmp_path / "data", n_train=20, n_test=10)), CPU)
+    idx = torch.arange(4)
+    plain, _ = train.batch(idx)
+    nhwc, _ = train.batch(idx, torch.channels_last)
+    # with one channel, .contiguous(memory_format=channels_last) keeps NCHW strides: the trap avoided here
+    assert plain.contiguous(memory_format=torch.channels_last).stride() == (784, 784, 28, 1)
+    assert plain.stride() == (784, 784, 28, 1) and nhwc.stride() == (784, 1, 28, 1)
+    assert torch.equal(nhwc, plain)
+    (first, _), *_ = train.in_order(4, torch.channels_last)
+    assert first.stride() == (784, 1, 28, 1) and torch.equal(first, plain)
 
 
 def test_epoch_order_depends_only_on_seed_and_epoch_and_covers_every_example():

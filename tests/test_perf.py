@@ -151,14 +151,6 @@ def test_apply_sets_threads_and_onednn(isolated_torch):
     assert torch.get_num_threads() == 1 and torch.backends.mkldnn.enabled is False
 
 
-def test_to_layout_gives_one_channel_images_nhwc_strides_and_the_same_values():
-    images = torch.arange(2 * 28 * 28, dtype=torch.float32).view(2, 1, 28, 28)
-    assert images.contiguous(memory_format=torch.channels_last).stride() == (784, 784, 28, 1)  # the trap
-    nhwc = perf.to_layout(images, torch.channels_last)
-    assert nhwc.stride() == (784, 1, 28, 1) and torch.equal(nhwc, images)
-    assert perf.to_layout(images, torch.contiguous_format) is images
-
-
 def test_momentum_in_another_layout_is_relaid_so_the_fused_step_stays_right():
     torch.manual_seed(0)
     weight = torch.randn(50, 20, 5, 5)
