@@ -11,6 +11,63 @@ from torch import nn
 PER_CHANNEL = "per_channel"
 
 
+def _channels_last_on_cpu(x: torch.Tensor) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous()
+    )
+
+
+class _ChannelsLastBatchNorm(torch.autograd.Function):
+    """Training-mode batch norm for channels-last CPU tensors: PyTorch's forward kernel, and a backward
+    that does the per-channel sums as matrix-vector products over the (N*H*W, C) view of the input.
+    PyTorch's channels-last CPU backward kernel is 2.5-4.5x slower than this (measured at batch size 256 on
+    the LeNet's layers, 2 threads); the formula is batch norm's usual gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
+        y, mean, invstd = torch.native_batch_norm(
+            x, weight, bias, running_mean, running_var, True, momentum, eps
+        )
+        ctx.save_for_backward(x, weight, mean, invstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, mean, invstd = ctx.saved_tensors
+        n, c, h, w = x.shape
+        x2 = x.permute(0, 2, 3, 1).reshape(-1, c)  # views: the memory is already (N, H, W, C)
+        g2 = grad_y.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, c)
+        ones = g2.new_ones(g2.shape[0])
+        centred = x2 - mean
+        grad_bias = ones @ g2  # sum of the gradient per channel
+        grad_weight = (ones @ (g2 * centred)) * invstd  # sum of gradient * x_hat per channel
+        scale = invstd if weight is None else weight * invstd
+        # grad_x = scale * (g - mean(g) - x_hat * mean(g * x_hat))
+        grad_x = torch.addcmul(-scale * grad_bias / len(g2), g2, scale)
+        grad_x.addcmul_(centred, -scale * invstd * grad_weight / len(g2))
+        grad_x = grad_x.view(n, h, w, c).permute(0, 3, 1, 2)
+        return grad_x, None if weight is None else grad_weight, grad_bias, None, None, None, None
+
+
+def batch_norm_train(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    running_mean: torch.Tensor | None = None,
+    running_var: torch.Tensor | None = None,
+    momentum: float = 0.0,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """``torch.batch_norm`` in training mode (normalised by the batch statistics, running statistics
+    updated when given), with the faster backward above for channels-last CPU input."""
+    if _channels_last_on_cpu(x):
+        return _ChannelsLastBatchNorm.apply(x, weight, bias, running_mean, running_var, momentum, eps)
+    return torch.batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps, False)
+
+
 class BatchNorm2d(nn.BatchNorm2d):
     """Batch normalization that also trains on one value per channel.
 
@@ -20,13 +77,17 @@ class BatchNorm2d(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.numel() == x.shape[1]:
+        if not self.training:
+            return super().forward(x)
+        self.num_batches_tracked.add_(1)
+        if x.numel() == x.shape[1]:
             with torch.no_grad():
                 self.running_mean.lerp_(x.reshape(-1), self.momentum)
                 self.running_var.mul_(1.0 - self.momentum)
-                self.num_batches_tracked.add_(1)
             return torch.batch_norm(x, self.weight, self.bias, None, None, True, 0.0, self.eps, False)
-        return super().forward(x)
+        return batch_norm_train(
+            x, self.weight, self.bias, self.running_mean, self.running_var, self.momentum, self.eps
+        )
 
 
 class BatchRenorm2d(nn.Module):
@@ -59,8 +120,9 @@ class BatchRenorm2d(nn.Module):
             scale = self.weight / self.running_std
             return torch.addcmul((self.bias - self.running_mean * scale).view(shape), x, scale.view(shape))
         with torch.no_grad():
-            var, mean = torch.var_mean(x, dim=[0, *range(2, x.dim())], correction=0)
-            std = (var + self.eps).sqrt_()
+            # the batch statistics from batch norm's own kernel: 2-3x faster on CPU than torch.var_mean
+            _, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, self.eps)
+            std = invstd.reciprocal_()  # sqrt(biased batch variance + eps)
             r = (std / self.running_std).clamp_(1.0 / self.r_max, self.r_max)
             d = ((mean - self.running_mean) / self.running_std).clamp_(-self.d_max, self.d_max)
             self.running_mean.lerp_(mean, self.alpha)
@@ -68,7 +130,7 @@ class BatchRenorm2d(nn.Module):
         # gamma * (x_hat_B * r + d) + beta is batch norm with scale gamma * r and shift gamma * d + beta,
         # r and d being constants: PyTorch's fused kernel then carries the gradient through mu_B and sigma_B
         scale, shift = self.weight * r, torch.addcmul(self.bias, self.weight, d)
-        return torch.batch_norm(x, scale, shift, None, None, True, 0.0, self.eps, False)
+        return batch_norm_train(x, scale, shift, eps=self.eps)
 
     def extra_repr(self) -> str:
         return (

@@ -12,6 +12,7 @@ from normexp.norm import (
     NORM_NAMES,
     BatchNorm2d,
     BatchRenorm2d,
+    batch_norm_train,
     create_norm_layer,
     norm_parameters,
     renorm_limits,
@@ -78,15 +79,20 @@ def test_brn_without_slack_is_batch_norm_in_output_and_gradients(shape):
     torch.testing.assert_close(layer.bias.grad, b2.grad, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape", [(16, 4), (4, 4, 3, 3)])
-def test_brn_clips_r_and_d_exactly_and_stops_their_gradient(shape):
+@pytest.mark.parametrize(
+    "shape, layout",
+    [((16, 4), None), ((4, 4, 3, 3), torch.contiguous_format), ((4, 4, 3, 3), torch.channels_last)],
+    ids=["NC", "NCHW", "NHWC"],
+)
+def test_brn_clips_r_and_d_exactly_and_stops_their_gradient(shape, layout):
     layer = brn64(shape[1], seed=1)
     layer.set_limits(1.5, 0.25)
     mu = torch.tensor([0.0, 3.0, -3.0, 0.1], dtype=torch.float64)
     sigma = torch.tensor([1.0, 10.0, 0.1, 1.0], dtype=torch.float64)
     layer.running_mean.copy_(mu)
     layer.running_std.copy_(sigma)
-    x = (torch.randn(*shape, dtype=torch.float64) * 2).requires_grad_()
+    x = torch.randn(*shape, dtype=torch.float64) * 2
+    x = (x if layout is None else x.contiguous(memory_format=layout)).requires_grad_()
     y = layer(x)
     upstream = torch.randn_like(y)
     (y * upstream).sum().backward()
@@ -134,6 +140,58 @@ def test_brn_starts_at_zero_mean_unit_std_and_evaluates_with_moving_stats():
     before = layer.running_mean.clone()
     torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
     assert torch.equal(layer.running_mean, before)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["NCHW", "NHWC"])
+def test_batch_norm_train_matches_pytorch_in_output_gradients_and_running_stats(layout):
+    torch.manual_seed(0)
+    x = (torch.randn(6, 5, 4, 3, dtype=torch.float64) * 3 + 2).contiguous(memory_format=layout)
+    weight, bias = torch.rand(5, dtype=torch.float64) + 0.5, torch.randn(5, dtype=torch.float64)
+    upstream = torch.randn(6, 5, 4, 3, dtype=torch.float64).contiguous(memory_format=layout)
+    results = []
+    for fn in (batch_norm_train, lambda x, w, b, rm, rv, m, eps: F.batch_norm(x, rm, rv, w, b, True, m, eps)):
+        leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+        running = [torch.zeros(5, dtype=torch.float64), torch.ones(5, dtype=torch.float64)]
+        y = fn(*leaves, *running, 0.1, EPS)
+        (y * upstream).sum().backward()
+        results.append([y, *(t.grad for t in leaves), *running])
+    for ours, theirs in zip(*results, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    y, grad_x = results[0][:2]
+    assert y.is_contiguous(memory_format=layout) and grad_x.is_contiguous(memory_format=layout)
+
+
+def test_channels_last_batch_norm_backward_passes_gradcheck():
+    torch.manual_seed(1)
+    x = (torch.randn(3, 4, 5, 2, dtype=torch.float64) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.rand(4, dtype=torch.float64) + 0.5, torch.randn(4, dtype=torch.float64)
+    inputs = tuple(t.requires_grad_() for t in (x, weight, bias))
+    assert torch.autograd.gradcheck(lambda x, w, b: batch_norm_train(x, w, b, eps=EPS), inputs)
+    # an upstream gradient in the other layout gives the same input gradient
+    y = batch_norm_train(*inputs, eps=EPS)
+    upstream = torch.randn(y.shape, dtype=torch.float64)
+    (grad_nchw,) = torch.autograd.grad(y, x, upstream, retain_graph=True)
+    (grad_nhwc,) = torch.autograd.grad(y, x, upstream.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(grad_nchw, grad_nhwc, rtol=0, atol=0)
+
+
+def test_bn_layer_in_channels_last_matches_pytorch_batch_norm():
+    torch.manual_seed(2)
+    ours, theirs = BatchNorm2d(6, eps=EPS).double(), nn.BatchNorm2d(6, eps=EPS).double()
+    for layer in (ours, theirs):
+        with torch.no_grad():
+            layer.weight.copy_(torch.linspace(0.5, 1.5, 6))
+    for _ in range(2):
+        x = torch.randn(4, 6, 3, 3, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+        upstream = torch.randn_like(x)
+        for layer in (ours, theirs):
+            layer.zero_grad()
+            (layer(x) * upstream).sum().backward()
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(ours.bias.grad, theirs.bias.grad, rtol=1e-10, atol=1e-12)
+    for name, buffer in ours.named_buffers():
+        torch.testing.assert_close(buffer, dict(theirs.named_buffers())[name], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("layer", [BatchRenorm2d(7, eps=EPS), BatchNorm2d(7, eps=EPS)], ids=["brn", "bn"])
