@@ -4,9 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 NormLayer = Callable[[int], nn.Module]
+
+
+class WholeInputConv2d(nn.Conv2d):
+    """A convolution whose kernel covers its whole input (here 4x4 on 4x4): a single output position, so a
+    single matrix product. PyTorch's native CPU convolution (used for batch sizes 1-4) handles it example by
+    example, re-writing the whole 1.6 MB weight gradient for each: 1.2-1.7x slower at batch sizes 1-4
+    (measured). Other layouts (channels-last for oneDNN) take the ordinary convolution."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-2:] == self.kernel_size and x.is_contiguous() and self.weight.is_contiguous():
+            return F.linear(x.flatten(1), self.weight.flatten(1), self.bias)[:, :, None, None]
+        return super().forward(x)
 
 
 class LeNet(nn.Module):
@@ -24,7 +37,7 @@ class LeNet(nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(1, c1, 5), norm_layer(c1), nn.MaxPool2d(2),
             nn.Conv2d(c1, c2, 5), norm_layer(c2), nn.MaxPool2d(2),
-            nn.Conv2d(c2, c3, 4), norm_layer(c3), nn.ReLU(inplace=True),
+            WholeInputConv2d(c2, c3, 4), norm_layer(c3), nn.ReLU(inplace=True),
             nn.Conv2d(c3, num_classes, 1),
         )  # fmt: skip
         for module in self.modules():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from normexp.model import LeNet
+from normexp.model import LeNet, WholeInputConv2d
 from normexp.norm import BatchRenorm2d
 
 
@@ -14,7 +14,7 @@ def test_lenet_maps_digits_to_ten_scores_through_the_writeups_layers():
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
     kinds = [type(m) for m in model.features]
     assert kinds == [nn.Conv2d, BatchRenorm2d, nn.MaxPool2d, nn.Conv2d, BatchRenorm2d, nn.MaxPool2d,
-                     nn.Conv2d, BatchRenorm2d, nn.ReLU, nn.Conv2d]  # fmt: skip
+                     WholeInputConv2d, BatchRenorm2d, nn.ReLU, nn.Conv2d]  # fmt: skip
     convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
         (1, 20, (5, 5)), (20, 50, (5, 5)), (50, 500, (4, 4)), (500, 10, (1, 1))
@@ -38,3 +38,24 @@ def test_lenet_without_norm_is_a_plain_convnet():
         sum(p.numel() for p in model.parameters())
         == 20 * 25 + 20 + 50 * 20 * 25 + 50 + 500 * 50 * 16 + 500 + 5010
     )
+
+
+def test_whole_input_conv_is_the_convolution_in_output_and_gradients_in_both_layouts():
+    torch.manual_seed(0)
+    conv = WholeInputConv2d(6, 7, 4).double()
+    for layout in (torch.contiguous_format, torch.channels_last):
+        conv = conv.to(memory_format=layout)
+        x = torch.randn(3, 6, 4, 4, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+        upstream = torch.randn(3, 7, 1, 1, dtype=torch.float64)
+        conv.zero_grad()
+        y = conv(x)
+        grads = torch.autograd.grad((y * upstream).sum(), (x, conv.weight, conv.bias))
+        w, b = conv.weight.detach().requires_grad_(), conv.bias.detach().requires_grad_()
+        x_ref = x.detach().requires_grad_()
+        y_ref = torch.nn.functional.conv2d(x_ref, w, b)
+        grads_ref = torch.autograd.grad((y_ref * upstream).sum(), (x_ref, w, b))
+        torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+        for ours, theirs in zip(grads, grads_ref, strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    # an input larger than the kernel is an ordinary convolution
+    assert conv(torch.randn(2, 6, 5, 5, dtype=torch.float64)).shape == (2, 7, 2, 2)
