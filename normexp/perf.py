@@ -9,11 +9,22 @@ README's Performance section). One training step of the GN LeNet, wall ms, media
     oneDNN, NHWC, 2 threads       1.34   2.41   2.88   3.52   4.19    7.9   30.1
     oneDNN, NCHW, 2 threads       1.33   2.29   2.80   3.39   4.35   13.3   44.9   (torch's defaults)
 
-Tiny batches are dominated by per-operation overhead: PyTorch's native convolutions on one thread are fastest,
-oneDNN's per-call set-up and a second thread's synchronisation are pure cost. From batch size 8 on, oneDNN
-with channels-last (NHWC) weights does the arithmetic 2-2.5x faster than either backend in NCHW, and from 16
-on a second thread pays. Two jobs side by side, one core each, use the machine better than one job on two
-threads; so "auto" gives each job its share of the cores (see ``parallel_jobs``).
+and, after the 4x4 convolution became a matrix product and batch norm got its channels-last backward,
+samples/s of whole training steps (higher is better), oneDNN on 2 threads unless noted:
+
+    batch size                      8      16     32     64    128    256
+    BN, NCHW                      3130   5205   5156   5863   7053   7065
+    BN, NHWC                      2288   4748   4748   5576   7776   8052
+    GN, NCHW                      3270   4796   5859   6942   7471      -
+    GN, NHWC                      3022*  4362   5840   7494   8791      -     (* one thread)
+    native, NCHW, 1 thread: BN 3066, GN 3171 at batch size 8
+
+Tiny batches are dominated by per-operation overhead: PyTorch's native convolutions on one thread are fastest
+up to batch size 8, where oneDNN's per-call set-up and a second thread's synchronisation are pure cost. From
+16 on oneDNN and all of the job's cores pay. Channels-last (NHWC) lets oneDNN do the arithmetic faster, but
+batch norm's CPU kernels and the pooling layers lose some of it again: it pays from batch size 64 on. Two jobs
+side by side, one core each, use the machine better than one job on two threads; so "auto" gives each job
+its share of the cores (see ``parallel_jobs``).
 """
 
 from __future__ import annotations
@@ -23,9 +34,11 @@ from dataclasses import dataclass
 
 import torch
 
-# Under "auto": the largest batch sizes run with PyTorch's native convolutions (oneDNN off), and on one thread
-NATIVE_CONV_MAX = 4
+# Under "auto", the largest batch sizes that run with PyTorch's native convolutions (oneDNN off), on one
+# thread, and in NCHW; larger ones run in channels-last
+NATIVE_CONV_MAX = 8
 ONE_THREAD_MAX = 8
+NCHW_MAX = 32
 
 
 @dataclass(frozen=True)
@@ -75,7 +88,7 @@ def choose(
     return CpuSettings(
         threads=int(threads) if threads != "auto" else (1 if one_thread else cores),
         mkldnn=use_mkldnn,
-        channels_last=fast and cpu and use_mkldnn,
+        channels_last=fast and cpu and use_mkldnn and batch_size > NCHW_MAX,
     )
 
 

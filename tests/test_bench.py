@@ -8,8 +8,10 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
+import torch
 from conftest import ROOT
 
 from normexp import perf
@@ -49,11 +51,9 @@ def test_tiny_benchmark_prints_its_table_and_writes_json(tmp_path):
         assert row["ratio"] == pytest.approx(row["normexp_samples_per_s"] / row["reference_samples_per_s"])
         assert len(row["samples_per_s"]["normexp"]) == len(row["samples_per_s"]["reference"]) == 2
         assert row["steps_per_block"] == 2 and row["peak_rss_mb"] > 0
-        small = row["batch_size"] == 2
-        # the table's normexp side runs alone on the box
-        threads = 1 if row["batch_size"] <= perf.ONE_THREAD_MAX else perf.available_cores()
-        assert row["normexp_settings"] == {"threads": threads, "mkldnn": not small,
-                                           "channels_last": not small, "fused_sgd": True}  # fmt: skip
+        # the table's normexp side runs alone on the box, with the trainer's settings for its batch size
+        expected = perf.choose(row["batch_size"], torch.device("cpu"))
+        assert row["normexp_settings"] == {**asdict(expected), "fused_sgd": True}
     sweep = result["sweep"]
     assert len(sweep["runs"]) == 32 and sweep["jobs"] == 2
     assert sum(r["measured"] for r in sweep["runs"]) == 4  # batch size 2 of each norm; 8 is not in the sweep

@@ -55,12 +55,14 @@ def assert_close_metrics(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 
 CASES = [
-    # batch size 16: oneDNN, channels-last, fused SGD, one look at the losses per epoch
-    *[pytest.param(name, 16, [], id=f"{name}-bs16") for name in ("none", "bn", "gn", "ln", "in")],
+    # batch size 40: oneDNN, channels-last (batch norm's own backward), fused SGD, one look at the losses
+    *[pytest.param(name, 40, [], id=f"{name}-bs40") for name in ("none", "bn", "gn", "ln", "in")],
     # batch renorm with its limits moving during the run, per epoch and per step
-    pytest.param("brn", 16, ["norm.schedule.warmup=1", "norm.schedule.ramp=1"], id="brn-bs16-epoch-schedule"),
-    pytest.param("brn", 8, ["norm.schedule.unit=step", "norm.schedule.warmup=5", "norm.schedule.ramp=20"],
-                 id="brn-bs8-step-schedule"),
+    pytest.param("brn", 40, ["norm.schedule.warmup=1", "norm.schedule.ramp=1"], id="brn-bs40-epoch-schedule"),
+    pytest.param("brn", 16, ["norm.schedule.unit=step", "norm.schedule.warmup=5", "norm.schedule.ramp=20"],
+                 id="brn-bs16-step-schedule"),
+    # batch size 16: oneDNN in NCHW
+    pytest.param("bn", 16, [], id="bn-bs16"),
     # tiny batches: native convolutions, one thread, a look at the losses every 2048 steps
     pytest.param("gn", 2, [], id="gn-bs2"),
     pytest.param("bn", 4, [], id="bn-bs4"),
@@ -76,9 +78,10 @@ def test_fast_path_gives_the_plain_paths_metrics(tmp_path, tiny_mnist, isolated_
     assert fast["status"] == plain["status"] == "completed" and len(fast_rows) == 2
     assert_close_metrics(fast_rows, plain_rows)
     assert fast["steps"] == plain["steps"] == 2 * -(-200 // batch_size)
-    small = batch_size <= perf.NATIVE_CONV_MAX
-    assert (fast["fast"], fast["mkldnn"], fast["channels_last"]) == (True, not small, not small)
-    assert (plain["fast"], plain["mkldnn"], plain["channels_last"]) == (False, not small, False)
+    rule = perf.choose(batch_size, CPU)
+    assert (fast["fast"], fast["mkldnn"], fast["channels_last"]) == (True, rule.mkldnn, rule.channels_last)
+    assert (plain["fast"], plain["mkldnn"], plain["channels_last"]) == (False, rule.mkldnn, False)
+    assert rule.channels_last == (batch_size == 40) and rule.mkldnn == (batch_size > 8)
     if name == "brn" and "norm.schedule.unit=step" not in extra:
         assert list(fast_rows["r_max"]) == [1.0, 3.0] and list(fast_rows["d_max"]) == [0.0, 5.0]
 
@@ -86,7 +89,7 @@ def test_fast_path_gives_the_plain_paths_metrics(tmp_path, tiny_mnist, isolated_
 def test_resume_from_a_checkpoint_in_another_layout_trains_on_right(tmp_path, tiny_mnist, isolated_torch):
     """Epoch 1 in NCHW (oneDNN off), epoch 2 resumed in channels-last: the momentum buffers follow the
     parameters' new layout, so the run ends where an uninterrupted NCHW run ends (to float tolerance)."""
-    args = ["norm=gn", "batch_size=16"]
+    args = ["norm=gn", "batch_size=40"]
     run_in_process(tmp_path / "resumed", tiny_mnist, *args, "train.mkldnn=false", "train.epochs=1")
     resumed, resumed_rows = run_in_process(tmp_path / "resumed", tiny_mnist, *args)
     assert resumed["channels_last"] and resumed["epochs_run"] == 2
@@ -99,15 +102,16 @@ def test_resume_from_a_checkpoint_in_another_layout_trains_on_right(tmp_path, ti
 
 def test_tiny_batches_get_one_thread_and_native_convolutions(monkeypatch):
     monkeypatch.setattr(perf, "available_cores", lambda: 8)
+    assert perf.NATIVE_CONV_MAX == perf.ONE_THREAD_MAX
     for batch_size in range(1, perf.NATIVE_CONV_MAX + 1):
         assert perf.choose(batch_size, CPU) == perf.CpuSettings(threads=1, mkldnn=False, channels_last=False)
-    for batch_size in range(perf.NATIVE_CONV_MAX + 1, perf.ONE_THREAD_MAX + 1):
-        assert perf.choose(batch_size, CPU) == perf.CpuSettings(threads=1, mkldnn=True, channels_last=True)
 
 
-def test_larger_batches_get_onednn_channels_last_and_the_jobs_share_of_the_cores(monkeypatch):
+def test_larger_batches_get_onednn_the_jobs_share_of_the_cores_then_channels_last(monkeypatch):
     monkeypatch.setattr(perf, "available_cores", lambda: 8)
-    bs = perf.ONE_THREAD_MAX + 1
+    for batch_size in range(perf.NATIVE_CONV_MAX + 1, perf.NCHW_MAX + 1):
+        assert perf.choose(batch_size, CPU) == perf.CpuSettings(threads=8, mkldnn=True, channels_last=False)
+    bs = perf.NCHW_MAX + 1
     assert perf.choose(bs, CPU) == perf.CpuSettings(threads=8, mkldnn=True, channels_last=True)
     assert perf.choose(256, CPU, jobs=2) == perf.CpuSettings(threads=4, mkldnn=True, channels_last=True)
     assert perf.choose(256, CPU, jobs=16).threads == 1
@@ -116,7 +120,8 @@ def test_larger_batches_get_onednn_channels_last_and_the_jobs_share_of_the_cores
 
 
 def test_explicit_settings_win_and_channels_last_follows_onednn():
-    assert perf.choose(1, CPU, threads=3, mkldnn=True) == perf.CpuSettings(3, True, True)
+    assert perf.choose(1, CPU, threads=3, mkldnn=True) == perf.CpuSettings(3, True, False)
+    assert perf.choose(64, CPU, threads=3, mkldnn=True) == perf.CpuSettings(3, True, True)
     assert perf.choose(256, CPU, threads=2, mkldnn=False) == perf.CpuSettings(2, False, False)
     assert perf.choose(256, torch.device("cuda")).channels_last is False  # the layout rule is CPU-only
 
