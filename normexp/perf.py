@@ -30,6 +30,7 @@ its share of the cores (see ``parallel_jobs``).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +55,19 @@ class CpuSettings:
 
 def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def peak_rss_mb() -> float:
+    """This process's largest resident set so far, in MB: Linux's VmHWM, or getrusage's maxrss elsewhere
+    (on Linux a child's maxrss also counts the resident set its parent had when it forked)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        import resource
+
+        scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux kilobytes
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale / 1024
 
 
 def parallel_jobs() -> int:

@@ -227,7 +227,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "wall_seconds": round(wall, 3), "steps": step,
             "norm": cfg.norm.name, "batch_size": bs, "seed": tc.seed, "lr": lr, "data": cfg.data.name,
             "device": str(device), "threads": cpu.threads, "mkldnn": cpu.mkldnn, "fast": tc.fast,
-            "channels_last": cpu.channels_last,
+            "channels_last": cpu.channels_last, "peak_rss_mb": round(perf.peak_rss_mb(), 1),
             "config": OmegaConf.to_container(cfg, resolve=True), **extra,
         }  # fmt: skip
         runfiles.write_summary(run_dir, result)

@@ -28,7 +28,6 @@ import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
-import resource  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -242,16 +241,6 @@ def compare(norm_name: str, batch_size: int, args: argparse.Namespace, data_root
 # ---------------------------------------------------------------- probes: one real run's set-up per process
 
 
-def peak_rss_mb() -> float:
-    """This process's largest resident set. Linux's VmHWM, not getrusage's maxrss: a child keeps in its
-    maxrss the resident set its parent had when it forked, which here is the bench process's."""
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def probe(norm_name: str, batch_size: int, args: argparse.Namespace, data_root: Path) -> dict:
     """Set-up of a real run and its per-epoch costs, in this (fresh) process: step rate, one evaluation of
     the test split, one checkpoint write, start-up time and peak RSS."""
@@ -278,7 +267,7 @@ def probe(norm_name: str, batch_size: int, args: argparse.Namespace, data_root: 
         "norm": norm_name, "batch_size": batch_size, "jobs": args.jobs, "samples_per_s": samples / seconds,
         "eval_seconds": eval_seconds, "test_size": len(loop.test_set), "train_size": len(loop.train_set),
         "checkpoint_seconds": save_seconds, "startup_seconds": startup,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": perf.peak_rss_mb(),
         "settings": asdict(loop.settings),
     }  # fmt: skip
 

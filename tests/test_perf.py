@@ -4,6 +4,8 @@ against the plain one for every norm; and the rule that picks threads, oneDNN an
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -171,3 +173,11 @@ def test_momentum_in_another_layout_is_relaid_so_the_fused_step_stays_right():
         optimizer.step()
         results.append(param.detach().contiguous())
     torch.testing.assert_close(results[0], results[1])
+
+
+def test_peak_rss_is_this_processs_high_water_mark():
+    code = ("import torch; from normexp import perf; before = perf.peak_rss_mb(); "
+            "block = torch.ones(2**26); print(before, perf.peak_rss_mb())")  # 256 MB touched
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after = map(float, done.stdout.split())
+    assert 0 < before < after and after - before >= 240

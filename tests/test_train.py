@@ -112,6 +112,7 @@ def test_divergence_ends_the_run_as_a_result_and_bn_trains_at_batch_size_one(tmp
 
     s = summary(bn1)
     assert (s["status"], s["epochs_run"], s["steps"]) == ("completed", 2, 80)
+    assert 100 < s["peak_rss_mb"] < 4000  # the run's own high-water mark: torch alone is a few hundred MB
     assert metrics(bn1)[["train_loss", "val_loss"]].map(math.isfinite).all().all()
 
 
