@@ -1,30 +1,23 @@
 """CPU settings of a run (threads, oneDNN, memory layout), from its batch size and the jobs sharing the box.
 
 Chosen by measurement on this project's 2-core machine (AMD EPYC, torch 2.14; ``scripts/bench.py`` and the
-README's Performance section). One training step of the GN LeNet, wall ms, median of repeated runs:
+README's Performance section). Samples/s of whole training steps of one job alone on the box, 2 threads,
+medians of 5 interleaved blocks (the machine is shared: repeated measurements move by up to 15 %):
 
-    batch size                      1      2      4      8     16     64    256
-    native, NCHW, 1 thread        0.74   1.05   1.69   3.00   8.39   31.1  120.7
-    oneDNN, NHWC, 1 thread        1.60   1.76   1.99   2.87   5.29   14.4   54.1
-    oneDNN, NHWC, 2 threads       1.34   2.41   2.88   3.52   4.19    7.9   30.1
-    oneDNN, NCHW, 2 threads       1.33   2.29   2.80   3.39   4.35   13.3   44.9   (torch's defaults)
+    batch size              1      2      4      8     16     32     64    128    256
+    GN, native, NCHW      1620   2518   3663   5042   2509   2919
+    GN, oneDNN, NCHW                            3270   4740   6191   6942   7471
+    GN, oneDNN, NHWC                                   4362   5840   7494   8791
+    BN, native, NCHW      1494   2404   3606   4834   2405   2804
+    BN, oneDNN, NCHW                            3130   4406   5597   5863   7053   7065
+    BN, oneDNN, NHWC                            2288   4748   4748   5576   7776   8052
+    one thread instead of two, native: GN 1388, 1964, 2727, 3249 and BN 1326, 1835, 2626, 3137 (1 to 8)
 
-and, after the 4x4 convolution became a matrix product and batch norm got its channels-last backward,
-samples/s of whole training steps (higher is better), oneDNN on 2 threads unless noted:
-
-    batch size                      8      16     32     64    128    256
-    BN, NCHW                      3130   5205   5156   5863   7053   7065
-    BN, NHWC                      2288   4748   4748   5576   7776   8052
-    GN, NCHW                      3270   4796   5859   6942   7471      -
-    GN, NHWC                      3022*  4362   5840   7494   8791      -     (* one thread)
-    native, NCHW, 1 thread: BN 3066, GN 3171 at batch size 8
-
-Tiny batches are dominated by per-operation overhead: PyTorch's native convolutions on one thread are fastest
-up to batch size 8, where oneDNN's per-call set-up and a second thread's synchronisation are pure cost. From
-16 on oneDNN and all of the job's cores pay. Channels-last (NHWC) lets oneDNN do the arithmetic faster, but
-batch norm's CPU kernels and the pooling layers lose some of it again: it pays from batch size 64 on. Two jobs
-side by side, one core each, use the machine better than one job on two threads; so "auto" gives each job
-its share of the cores (see ``parallel_jobs``).
+Up to batch size 8 PyTorch's native convolutions are fastest: oneDNN's per-call set-up costs more than it
+saves; from 16 on the native ones fall behind. Channels-last (NHWC) lets oneDNN do the arithmetic faster, but
+batch norm's CPU kernels and the pooling layers lose some of it again: it pays from batch size 64 on. A second
+thread pays at every batch size; but two jobs side by side, one core each, use the machine better than one
+job on two threads, so "auto" gives each job its share of the cores (see ``parallel_jobs``).
 """
 
 from __future__ import annotations
@@ -35,10 +28,9 @@ from dataclasses import dataclass
 
 import torch
 
-# Under "auto", the largest batch sizes that run with PyTorch's native convolutions (oneDNN off), on one
-# thread, and in NCHW; larger ones run in channels-last
+# Under "auto", the largest batch sizes that run with PyTorch's native convolutions (oneDNN off), and in
+# NCHW; larger ones run in channels-last
 NATIVE_CONV_MAX = 8
-ONE_THREAD_MAX = 8
 NCHW_MAX = 32
 
 
@@ -98,9 +90,8 @@ def choose(
     cpu = device.type == "cpu"
     cores = max(1, available_cores() // max(1, jobs))
     use_mkldnn = bool(mkldnn) if mkldnn != "auto" else not (cpu and batch_size <= NATIVE_CONV_MAX)
-    one_thread = cpu and batch_size <= ONE_THREAD_MAX
     return CpuSettings(
-        threads=int(threads) if threads != "auto" else (1 if one_thread else cores),
+        threads=int(threads) if threads != "auto" else cores,
         mkldnn=use_mkldnn,
         channels_last=fast and cpu and use_mkldnn and batch_size > NCHW_MAX,
     )

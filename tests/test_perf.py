@@ -65,7 +65,7 @@ CASES = [
                  id="brn-bs16-step-schedule"),
     # batch size 16: oneDNN in NCHW
     pytest.param("bn", 16, [], id="bn-bs16"),
-    # tiny batches: native convolutions, one thread, a look at the losses every 2048 steps
+    # tiny batches: native convolutions, a look at the losses every 2048 steps
     pytest.param("gn", 2, [], id="gn-bs2"),
     pytest.param("bn", 4, [], id="bn-bs4"),
 ]
@@ -102,11 +102,11 @@ def test_resume_from_a_checkpoint_in_another_layout_trains_on_right(tmp_path, ti
 # ---------------------------------------------------------------- the rule
 
 
-def test_tiny_batches_get_one_thread_and_native_convolutions(monkeypatch):
+def test_tiny_batches_get_native_convolutions_and_the_jobs_share_of_the_cores(monkeypatch):
     monkeypatch.setattr(perf, "available_cores", lambda: 8)
-    assert perf.NATIVE_CONV_MAX == perf.ONE_THREAD_MAX
     for batch_size in range(1, perf.NATIVE_CONV_MAX + 1):
-        assert perf.choose(batch_size, CPU) == perf.CpuSettings(threads=1, mkldnn=False, channels_last=False)
+        assert perf.choose(batch_size, CPU) == perf.CpuSettings(threads=8, mkldnn=False, channels_last=False)
+    assert perf.choose(1, CPU, jobs=8) == perf.CpuSettings(threads=1, mkldnn=False, channels_last=False)
 
 
 def test_larger_batches_get_onednn_the_jobs_share_of_the_cores_then_channels_last(monkeypatch):

@@ -19,7 +19,7 @@ from conftest import ROOT, run_cli, run_cli_many, write_mnist
 from normexp import runfiles
 
 TIMING = ["seconds", "samples_per_s"]
-# one thread: tiny batches run fastest so, and parallel test runs do not fight over the cores
+# one thread: parallel test runs do not fight over the cores
 QUIET = ["train.threads=1", "train.progress=false"]
 
 
