@@ -11,13 +11,15 @@ medians of 5 interleaved blocks (the machine is shared: repeated measurements mo
     BN, native, NCHW      1494   2404   3606   4834   2405   2804
     BN, oneDNN, NCHW                            3130   4406   5597   5863   7053   7065
     BN, oneDNN, NHWC                            2288   4748   4748   5576   7776   8052
-    one thread instead of two, native: GN 1388, 1964, 2727, 3249 and BN 1326, 1835, 2626, 3137 (1 to 8)
+    one thread instead of two, native: GN 1388, 1964, 2727, 3249 and BN 1326, 1835, 2626, 3137 (1 to 8);
+    at batch size 1, a repetition an hour later: GN 1310 on one thread, 1084 on two; BN 1139 and 898
 
 Up to batch size 8 PyTorch's native convolutions are fastest: oneDNN's per-call set-up costs more than it
 saves; from 16 on the native ones fall behind. Channels-last (NHWC) lets oneDNN do the arithmetic faster, but
 batch norm's CPU kernels and the pooling layers lose some of it again: it pays from batch size 64 on. A second
-thread pays at every batch size; but two jobs side by side, one core each, use the machine better than one
-job on two threads, so "auto" gives each job its share of the cores (see ``parallel_jobs``).
+thread pays from batch size 2 on (at 1 it wins or loses by 15-20 % from one measurement to the next, so one
+thread, which cannot stall on a busy sibling core); but two jobs side by side, one core each, use the machine
+better than one job on two threads, so "auto" gives each job its share of the cores (see ``parallel_jobs``).
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-# Under "auto", the largest batch sizes that run with PyTorch's native convolutions (oneDNN off), and in
-# NCHW; larger ones run in channels-last
+# Under "auto", the largest batch sizes that run on one thread, with PyTorch's native convolutions (oneDNN
+# off), and in NCHW; larger ones run in channels-last
+ONE_THREAD_MAX = 1
 NATIVE_CONV_MAX = 8
 NCHW_MAX = 32
 
@@ -91,7 +94,7 @@ def choose(
     cores = max(1, available_cores() // max(1, jobs))
     use_mkldnn = bool(mkldnn) if mkldnn != "auto" else not (cpu and batch_size <= NATIVE_CONV_MAX)
     return CpuSettings(
-        threads=int(threads) if threads != "auto" else cores,
+        threads=int(threads) if threads != "auto" else (1 if cpu and batch_size <= ONE_THREAD_MAX else cores),
         mkldnn=use_mkldnn,
         channels_last=fast and cpu and use_mkldnn and batch_size > NCHW_MAX,
     )

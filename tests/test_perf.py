@@ -102,11 +102,13 @@ def test_resume_from_a_checkpoint_in_another_layout_trains_on_right(tmp_path, ti
 # ---------------------------------------------------------------- the rule
 
 
-def test_tiny_batches_get_native_convolutions_and_the_jobs_share_of_the_cores(monkeypatch):
+def test_tiny_batches_get_native_convolutions_and_from_two_on_the_jobs_share_of_the_cores(monkeypatch):
     monkeypatch.setattr(perf, "available_cores", lambda: 8)
     for batch_size in range(1, perf.NATIVE_CONV_MAX + 1):
-        assert perf.choose(batch_size, CPU) == perf.CpuSettings(threads=8, mkldnn=False, channels_last=False)
-    assert perf.choose(1, CPU, jobs=8) == perf.CpuSettings(threads=1, mkldnn=False, channels_last=False)
+        threads = 1 if batch_size <= perf.ONE_THREAD_MAX else 8
+        assert perf.choose(batch_size, CPU) == perf.CpuSettings(threads, mkldnn=False, channels_last=False)
+    assert perf.choose(1, CPU).threads == 1 and perf.choose(2, CPU).threads == 8
+    assert perf.choose(2, CPU, jobs=8) == perf.CpuSettings(threads=1, mkldnn=False, channels_last=False)
 
 
 def test_larger_batches_get_onednn_the_jobs_share_of_the_cores_then_channels_last(monkeypatch):
