@@ -61,8 +61,8 @@ def peak_rss_mb() -> float:
     except (OSError, StopIteration):
         import resource
 
-        scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux kilobytes
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale / 1024
+        per_mb = 2**20 if sys.platform == "darwin" else 2**10  # macOS reports bytes, others kilobytes
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / per_mb
 
 
 def parallel_jobs() -> int:
