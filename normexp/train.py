@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -117,15 +118,42 @@ class EpochLog:
         return weighted.sum().item() / num_examples, self.wrong / num_examples
 
 
-def build_model(
-    cfg: DictConfig, device: torch.device, cpu: perf.CpuSettings
-) -> tuple[LeNet, torch.optim.SGD, float]:
-    """The run's LeNet (initialised from torch's RNG as it stands), in the layout of ``cpu``, with its SGD
-    (fused on the fast path) and learning rate."""
+@dataclass
+class Setup:
+    """What a run trains with."""
+
+    device: torch.device
+    cpu: perf.CpuSettings  # for the training steps
+    eval_cpu: perf.CpuSettings  # for validation, which runs in batches of train.eval_batch_size
+    train_set: data.Split
+    test_set: data.Split
+    model: LeNet
+    optimizer: torch.optim.SGD
+    lr: float
+
+    def evaluate(self, batch_size: int) -> tuple[float, float]:
+        """``evaluate`` on the test split under the validation settings, then back to the training ones."""
+        perf.apply(self.eval_cpu)
+        try:
+            return evaluate(self.model, self.test_set, batch_size, self.eval_cpu.memory_format)
+        finally:
+            perf.apply(self.cpu)
+
+
+def set_up(cfg: DictConfig, jobs: int) -> Setup:
+    """CPU settings (for ``jobs`` jobs sharing the box), data, the LeNet in the training layout (its initial
+    weights drawn after seeding torch's RNG with train.seed) and its SGD (fused on the fast path)."""
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    cpu = perf.choose(cfg.batch_size, device, tc.threads, tc.mkldnn, jobs, fast=tc.fast)
+    eval_cpu = perf.choose(tc.eval_batch_size, device, tc.threads, tc.mkldnn, jobs, fast=tc.fast)
+    perf.apply(cpu)
+    torch.manual_seed(tc.seed)
+    train_set, test_set = data.load(cfg.data, device)
     model = LeNet(partial(norm.create_norm_layer, cfg.norm)).to(device, memory_format=cpu.memory_format)
     lr = optim.learning_rate(cfg.optim, cfg.batch_size, norm.is_normalized(cfg.norm))
-    optimizer = optim.build(model, cfg.optim, lr, norm.norm_parameters(model), fused=cfg.train.fast)
-    return model, optimizer, lr
+    optimizer = optim.build(model, cfg.optim, lr, norm.norm_parameters(model), fused=tc.fast)
+    return Setup(device, cpu, eval_cpu, train_set, test_set, model, optimizer, lr)
 
 
 def train_steps(
@@ -178,15 +206,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
         return previous
 
-    device = resolve_device(tc.device)
-    jobs = perf.parallel_jobs()
-    cpu = perf.choose(bs, device, tc.threads, tc.mkldnn, jobs, fast=tc.fast)
-    # evaluation runs in batches of eval_batch_size: the same rule for its settings and layout
-    eval_cpu = perf.choose(tc.eval_batch_size, device, tc.threads, tc.mkldnn, jobs, fast=tc.fast)
-    perf.apply(cpu)
-    torch.manual_seed(tc.seed)
-    train_set, test_set = data.load(cfg.data, device)
-    model, optimizer, lr = build_model(cfg, device, cpu)
+    setup = set_up(cfg, perf.parallel_jobs())
+    device, cpu, train_set, model, optimizer, lr = (
+        setup.device, setup.cpu, setup.train_set, setup.model, setup.optimizer, setup.lr
+    )
     renorm = cfg.norm.name == "brn"
     renorm_per_step = renorm and cfg.norm.schedule.unit == "step"
 
@@ -327,9 +350,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
         sizes = torch.tensor([len(b) for b in batches])
         train_loss, train_error = epoch_log.means(sizes, len(train_set))
-        perf.apply(eval_cpu)
-        val_loss, val_error = evaluate(model, test_set, tc.eval_batch_size, eval_cpu.memory_format)
-        perf.apply(cpu)
+        val_loss, val_error = setup.evaluate(tc.eval_batch_size)
         seconds = epoch_seconds + time.perf_counter() - t0
         rows.append({
             "epoch": epoch + 1, "step": step, "lr": lr, "r_max": limits[0], "d_max": limits[1],

@@ -4,7 +4,7 @@
     python scripts/bench.py --norms gn --batch-sizes 1,256 --seconds 2 --json gn.json
     python scripts/bench.py --device cuda
 
-(a) normexp: the trainer's own set-up (perf.choose/apply, data.load, train.build_model) and its step loop
+(a) normexp: the trainer's own set-up (train.set_up) and its step loop
     (train.train_steps, then EpochLog.flush every train.steps_per_sync steps) on the training split in memory.
 (b) reference: the loop of pytorch/examples' mnist/main.py: torchvision's MNIST with ToTensor and Normalize, a
     DataLoader(shuffle=True), the same LeNet, torch.optim.SGD with momentum and weight decay, default torch
@@ -107,48 +107,37 @@ class NormexpLoop:
     """normexp's training path, set up as ``normexp.train.run`` sets up a run."""
 
     def __init__(self, cfg: DictConfig, jobs: int) -> None:
-        tc = cfg.train
-        self.device = train.resolve_device(tc.device)
-        self.settings = perf.choose(cfg.batch_size, self.device, tc.threads, tc.mkldnn, jobs, fast=tc.fast)
-        self.eval_settings = perf.choose(tc.eval_batch_size, self.device, tc.threads, tc.mkldnn, jobs,
-                                         fast=tc.fast)
-        perf.apply(self.settings)
-        torch.manual_seed(tc.seed)
-        self.cfg = cfg
-        self.train_set, self.test_set = data.load(cfg.data, self.device)
-        self.model, self.optimizer, _ = train.build_model(cfg, self.device, self.settings)
+        self.setup, self.cfg = train.set_up(cfg, jobs), cfg
+        self.device = self.setup.device
         if cfg.norm.name == "brn":
-            norm.set_renorm_limits(self.model, *norm.renorm_limits(cfg.norm, 1, 1))
-        self.sync_every = train.steps_per_sync(cfg.batch_size, tc.fast)
+            norm.set_renorm_limits(self.setup.model, *norm.renorm_limits(cfg.norm, 1, 1))
+        self.sync_every = train.steps_per_sync(cfg.batch_size, cfg.train.fast)
         self.epoch, self.batches, self.epoch_log, self.step = -1, [], train.EpochLog(), 0
 
     def _take(self, n: int) -> list[torch.Tensor]:
         if not self.batches:  # a new epoch: its order, as the trainer draws it
             self.epoch += 1
-            self.batches = data.epoch_order(len(self.train_set), self.cfg.batch_size, self.cfg.train.seed,
-                                            self.epoch, self.device)
+            self.batches = data.epoch_order(len(self.setup.train_set), self.cfg.batch_size,
+                                            self.cfg.train.seed, self.epoch, self.device)
             self.epoch_log = train.EpochLog()
         chunk, self.batches = self.batches[:n], self.batches[n:]
         return chunk
 
     def run(self, steps: int) -> int:
         """Trains ``steps`` steps; returns the number of samples."""
-        perf.apply(self.settings)
-        self.model.train()
+        perf.apply(self.setup.cpu)
+        self.setup.model.train()
         samples = 0
         while steps > 0:
             chunk = self._take(min(steps, self.sync_every))
-            taken = train.train_steps(self.model, self.optimizer, self.train_set, chunk, self.epoch_log,
-                                      self.settings.memory_format, first_step=self.step)
+            taken = train.train_steps(self.setup.model, self.setup.optimizer, self.setup.train_set, chunk,
+                                      self.epoch_log, self.setup.cpu.memory_format, first_step=self.step)
             self.epoch_log.flush(self.cfg.train.max_loss, self.step + 1, self.epoch + 1)
             self.step, steps, samples = self.step + taken, steps - taken, samples + sum(len(b) for b in chunk)
         return samples
 
     def evaluate(self) -> None:
-        perf.apply(self.eval_settings)
-        train.evaluate(self.model, self.test_set, self.cfg.train.eval_batch_size,
-                       self.eval_settings.memory_format)
-        perf.apply(self.settings)
+        self.setup.evaluate(self.cfg.train.eval_batch_size)
 
 
 class ReferenceLoop:
@@ -233,7 +222,7 @@ def compare(norm_name: str, batch_size: int, args: argparse.Namespace, data_root
         "ratio": ours_rate / ref_rate,
         "normexp_ms_per_step": statistics.median(step_ms["normexp"]),
         "reference_ms_per_step": statistics.median(step_ms["reference"]),
-        "normexp_settings": asdict(ours.settings) | {"fused_sgd": cfg.train.fast},
+        "normexp_settings": asdict(ours.setup.cpu) | {"fused_sgd": cfg.train.fast},
         "reference_settings": asdict(TORCH_DEFAULTS), "samples_per_s": rates,
     }  # fmt: skip
 
@@ -260,15 +249,16 @@ def probe(norm_name: str, batch_size: int, args: argparse.Namespace, data_root: 
     eval_seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
-        runfiles.save_checkpoint(Path(run_dir), {"model": loop.model.state_dict(),
-                                                 "optimizer": loop.optimizer.state_dict()})
+        runfiles.save_checkpoint(Path(run_dir), {"model": loop.setup.model.state_dict(),
+                                                 "optimizer": loop.setup.optimizer.state_dict()})
         save_seconds = time.perf_counter() - start
     return {
         "norm": norm_name, "batch_size": batch_size, "jobs": args.jobs, "samples_per_s": samples / seconds,
-        "eval_seconds": eval_seconds, "test_size": len(loop.test_set), "train_size": len(loop.train_set),
+        "eval_seconds": eval_seconds, "test_size": len(loop.setup.test_set),
+        "train_size": len(loop.setup.train_set),
         "checkpoint_seconds": save_seconds, "startup_seconds": startup,
         "peak_rss_mb": perf.peak_rss_mb(),
-        "settings": asdict(loop.settings),
+        "settings": asdict(loop.setup.cpu),
     }  # fmt: skip
 
 
