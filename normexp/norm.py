@@ -84,7 +84,7 @@ class BatchNorm2d(nn.BatchNorm2d):
             with torch.no_grad():
                 self.running_mean.lerp_(x.reshape(-1), self.momentum)
                 self.running_var.mul_(1.0 - self.momentum)
-            return torch.batch_norm(x, self.weight, self.bias, None, None, True, 0.0, self.eps, False)
+            return batch_norm_train(x, self.weight, self.bias, eps=self.eps)
         return batch_norm_train(
             x, self.weight, self.bias, self.running_mean, self.running_var, self.momentum, self.eps
         )
