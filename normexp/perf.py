@@ -25,6 +25,8 @@ better than one job on two threads, so "auto" gives each job its share of the co
 from __future__ import annotations
 
 import os
+import platform
+import re
 import sys
 from dataclasses import dataclass
 
@@ -50,6 +52,50 @@ class CpuSettings:
 
 def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# CPU features that decide which kernels torch and oneDNN run (and so how float32 sums are ordered)
+KERNEL_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+                "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "sve2")
+
+
+def _cpu_info() -> tuple[str, set[str]]:
+    """The CPU's model name and feature flags, from /proc/cpuinfo where there is one."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name":
+                    model = value.strip()
+                elif key in ("flags", "Features"):
+                    flags = set(value.split())
+                if flags and key == "":
+                    break
+    except OSError:
+        pass
+    return model, flags
+
+
+def cpu_fingerprint() -> dict[str, object]:
+    """What decides this machine's CPU kernels: model, kernel-relevant flags, cores, torch and oneDNN."""
+    model, flags = _cpu_info()
+    return {
+        "model": model,
+        "machine": platform.machine(),
+        "flags": sorted(flags.intersection(KERNEL_FLAGS)),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "cores": available_cores(),
+        "torch": torch.__version__,
+        "onednn": onednn_version(),
+    }
+
+
+def onednn_version() -> str | None:
+    """oneDNN's version as torch's build information states it (torch has no other public accessor)."""
+    found = re.search(r"MKL-DNN v([0-9][0-9.]*)", torch.__config__.show())
+    return found.group(1) if found else None
 
 
 def peak_rss_mb() -> float:

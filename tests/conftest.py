@@ -1,70 +1,14 @@
-"""Shared test fixtures: tiny MNIST-format data written by the tests themselves, and a CLI runner."""
+"""Shared fixtures (helpers live in helpers.py)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_idx_images(path: Path, images: np.ndarray) -> None:
-    n, h, w = images.shape
-    header = (2051).to_bytes(4, "big") + n.to_bytes(4, "big") + h.to_bytes(4, "big") + w.to_bytes(4, "big")
-    path.write_bytes(header + images.astype(np.uint8).tobytes())
-
-
-def write_idx_labels(path: Path, labels: np.ndarray) -> None:
-    n = labels.shape[0]
-    path.write_bytes((2049).to_bytes(4, "big") + n.to_bytes(4, "big") + labels.astype(np.uint8).tobytes())
-
-
-def make_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Learnable 28x28 'digits': class k lights up a bar at a class-specific place, plus noise."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 10
-    rng.shuffle(labels)
-    images = rng.integers(0, 40, size=(n, 28, 28))
-    for i, k in enumerate(labels):
-        row = 2 + 2 * k
-        images[i, row : row + 3, 4:24] = 200 + rng.integers(0, 55)
-    return images, labels
-
-
-def write_mnist(root: Path, n_train: int = 200, n_test: int = 100, name: str = "MNIST") -> Path:
-    raw = root / name / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
-        images, labels = make_digits(n, seed)
-        write_idx_images(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx_labels(raw / f"{prefix}-labels-idx1-ubyte", labels)
-    return root
+from helpers import ROOT, run_cli, run_cli_many, write_idx_images, write_idx_labels, write_mnist  # noqa: F401
 
 
 @pytest.fixture
 def tiny_mnist(tmp_path: Path) -> Path:
     """A data root with 200 training and 100 test digits in torchvision's MNIST layout."""
     return write_mnist(tmp_path / "data")
-
-
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
-    """Runs ``python -m normexp.train`` with ``args``; returns the CompletedProcess (text)."""
-    full_env = {**os.environ, "HYDRA_FULL_ERROR": "1", **(env or {})}
-    full_env.pop("NORMEXP_DATA_ROOT", None)
-    return subprocess.run(
-        [sys.executable, "-m", "normexp.train", *args],
-        cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
-    )
-
-
-def run_cli_many(arg_lists: list[list[str]], env: dict | None = None, workers: int = 4) -> list:
-    """``run_cli`` for each argument list, a few at a time (most of each run is start-up, not training)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda args: run_cli(*args, env=env), arg_lists))
