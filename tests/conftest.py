@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run_cli, run_cli_many, write_idx_images, write_idx_labels, write_mnist  # noqa: F401
+from helpers import write_mnist
 
 
 @pytest.fixture

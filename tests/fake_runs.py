@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from helpers import compose_config
 from omegaconf import OmegaConf
 
 from normexp import runfiles
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def make_run(
@@ -20,8 +18,7 @@ def make_run(
     """A run folder named as a sweep job; ``val_errors`` per finished epoch (val_loss = 2 x error + 0.01);
     ``status`` "unfinished" writes no summary.json (a run still going, or killed)."""
     overrides = [f"norm={norm}", f"batch_size={batch_size}", f"train.seed={seed}", *extra]
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_config(overrides)
     run_dir = sweep / ",".join(sorted(overrides))
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")

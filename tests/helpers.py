@@ -65,7 +65,8 @@ def run_cli_many(arg_lists: list[list[str]], env: dict | None = None, workers: i
         return list(pool.map(lambda args: run_cli(*args, env=env), arg_lists))
 
 
-def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """The run configuration Hydra composes from ``conf/`` for these command-line overrides."""
+def compose_config(overrides: list[str] | tuple[str, ...] = (), hydra: bool = False) -> DictConfig:
+    """The run configuration Hydra composes from ``conf/`` for these command-line overrides (with Hydra's own
+    ``hydra`` node where asked)."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)

@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 import pytest
 import torch
-from conftest import ROOT
+from helpers import ROOT
 
 from normexp import perf
 

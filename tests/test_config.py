@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli_many, write_mnist
+from helpers import compose_config, run_cli_many, write_mnist
 
 # any download attempt meets a closed port: fast, and the same with or without network
 NO_NETWORK = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}
@@ -104,21 +104,18 @@ MORE = {  # the other keys, checked in-process (the CLI path is the same as abov
 
 
 def test_other_bad_values_and_several_at_once(tmp_path):
-    from hydra import compose, initialize_config_dir
-
-    from normexp.config import CONF_DIR, problems
+    from normexp.config import problems
 
     data = f"data.root={write_mnist(tmp_path / 'data')}"
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        for override, line in MORE.items():
-            assert problems(compose("config", overrides=[data, "batch_size=8", override])) == [line]
-        brn = ["norm=brn", "norm.alpha=0", "norm.schedule.unit=epochs", "norm.schedule.ramp=-1"]
-        assert problems(compose("config", overrides=[data, *brn, "batch_size=0", "train.epochs=0"])) == [
-            "norm.alpha=0: must be a number in (0, 1]",
-            "norm.schedule.unit='epochs': allowed: epoch, step",
-            "norm.schedule.ramp=-1: must be a number >= 0",
-            "train.epochs=0: must be an integer >= 1",
-            "batch_size=0: must be an integer >= 1",
-        ]  # every problem, one line each
-        fine = [data, "batch_size=200", "norm.groups=per_channel"]  # the whole split in one batch is fine
-        assert problems(compose("config", overrides=fine)) == []
+    for override, line in MORE.items():
+        assert problems(compose_config([data, "batch_size=8", override])) == [line]
+    brn = ["norm=brn", "norm.alpha=0", "norm.schedule.unit=epochs", "norm.schedule.ramp=-1"]
+    assert problems(compose_config([data, *brn, "batch_size=0", "train.epochs=0"])) == [
+        "norm.alpha=0: must be a number in (0, 1]",
+        "norm.schedule.unit='epochs': allowed: epoch, step",
+        "norm.schedule.ramp=-1: must be a number >= 0",
+        "train.epochs=0: must be an integer >= 1",
+        "batch_size=0: must be an integer >= 1",
+    ]  # every problem, one line each
+    fine = [data, "batch_size=200", "norm.groups=per_channel"]  # the whole split in one batch is fine
+    assert problems(compose_config(fine)) == []

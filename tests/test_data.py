@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_digits, run_cli_many, write_idx_labels, write_mnist
+from helpers import make_digits, run_cli_many, write_idx_labels, write_mnist
 from omegaconf import OmegaConf
 
 from normexp import data

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import nbclient
 import nbformat
-from conftest import ROOT
 from fake_runs import make_run
+from helpers import ROOT
 
 
 def test_analysis_notebook_runs_on_a_tiny_sweep(tmp_path, monkeypatch):

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
-from hydra import compose, initialize_config_dir
+from helpers import compose_config
 
 from normexp import data, norm, perf, runfiles, train
 
@@ -44,9 +43,8 @@ STEPS = 3
 
 
 def compose_run(data_root: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=[f"data.root={data_root}", "data.download=false",
-                                            "train.threads=1", "train.progress=false", *overrides])
+    return compose_config([f"data.root={data_root}", "data.download=false", "train.threads=1",
+                           "train.progress=false", *overrides])
 
 
 def layer_values(model: torch.nn.Module, of) -> dict[str, torch.Tensor]:

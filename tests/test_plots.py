@@ -10,8 +10,8 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
-from conftest import ROOT
 from fake_runs import make_run
+from helpers import ROOT
 from matplotlib.collections import PolyCollection
 
 from normexp import plots, results

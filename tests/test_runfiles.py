@@ -12,7 +12,7 @@ import time
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT
+from helpers import ROOT
 
 from normexp import runfiles
 

@@ -7,8 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli, write_mnist
-from hydra import compose, initialize_config_dir
+from helpers import compose_config, run_cli, write_mnist
 from omegaconf import OmegaConf
 
 from normexp import config, plots, results, train
@@ -83,8 +82,7 @@ def test_a_command_line_seed_list_replaces_the_presets(tmp_path, tiny_mnist):
 
 
 def compose_job(overrides: list[str]):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=overrides, return_hydra_config=True)
+    return compose_config(overrides, hydra=True)
 
 
 @pytest.mark.parametrize("preset, params, prefix", [

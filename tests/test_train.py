@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, run_cli, run_cli_many, write_mnist
+from helpers import ROOT, run_cli, run_cli_many, write_mnist
 
 from normexp import runfiles
 
