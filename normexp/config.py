@@ -13,7 +13,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from normexp import data, norm, optim, train
+from normexp import data, norm, optim, sweeps, trainer
 from normexp.model import LeNet
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -23,7 +23,7 @@ def problems(cfg: DictConfig, fetch: bool = False) -> list[str]:
     """Every invalid value of the configuration, one line each naming the key, the value and what is allowed.
     With ``fetch``, missing data is downloaded (where ``data.download`` allows) once everything else is valid,
     so that the batch size can be checked against the training split."""
-    found = norm.validate(cfg.norm, LeNet.CHANNELS) + optim.validate(cfg.optim) + train.validate(cfg.train)
+    found = norm.validate(cfg.norm, LeNet.CHANNELS) + optim.validate(cfg.optim) + trainer.validate(cfg.train)
     bs = cfg.batch_size
     if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
         found.append(f"batch_size={bs!r}: must be an integer >= 1")
@@ -82,29 +82,9 @@ def exit_if_unknown_choice(args: list[str]) -> None:
     exit_with(unknown_choices(args))
 
 
-def _basic_sweeper(config: DictConfig) -> bool:
-    return str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper")
-
-
-def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
-    """The overrides of every job of a sweep, expanded as Hydra's basic sweeper will expand them; None for
-    other sweepers (their jobs are checked one by one as they start)."""
-    sweeper = config.hydra.sweeper
-    if not _basic_sweeper(config):
-        return None
-    # Hydra's own expansion (a public static method of a class in its _internal package), so that the jobs
-    # checked here are exactly the jobs it will launch
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-    arguments = params + list(config.hydra.overrides.task)
-    overrides = OverridesParser.create().parse_overrides(arguments)
-    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
-
-
 def sweep_problems(config: DictConfig) -> list[str]:
     """Problems of every job of a basic sweep, found before the sweep folder is made or any job starts."""
-    jobs = sweep_jobs(config)
+    jobs = sweeps.sweep_jobs(config)
     if jobs is None:
         return []
     loader = GlobalHydra.instance().config_loader()
@@ -132,5 +112,5 @@ class ValidateConfig(Callback):
         exit_with(sweep_problems(config))
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.hydra.mode == RunMode.MULTIRUN and not _basic_sweeper(config):
+        if config.hydra.mode == RunMode.MULTIRUN and not sweeps.is_basic_sweeper(config):
             exit_with(problems(config))

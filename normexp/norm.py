@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
+
+from normexp import validation
 
 PER_CHANNEL = "per_channel"
 
@@ -138,31 +141,6 @@ class BatchRenorm2d(nn.Module):
         )
 
 
-def _group_count(cfg: DictConfig, num_channels: int) -> int:
-    groups = {"ln": 1, "in": PER_CHANNEL}.get(cfg.name, cfg.get("groups"))
-    return num_channels if groups == PER_CHANNEL else int(groups)
-
-
-_BUILDERS: dict[str, Callable[[DictConfig, int], nn.Module]] = {
-    "none": lambda cfg, c: nn.Identity(),
-    "bn": lambda cfg, c: BatchNorm2d(c, eps=cfg.eps, momentum=cfg.momentum),
-    "brn": lambda cfg, c: BatchRenorm2d(c, eps=cfg.eps, alpha=cfg.alpha),
-    "gn": lambda cfg, c: nn.GroupNorm(_group_count(cfg, c), c, eps=cfg.eps),
-    "ln": lambda cfg, c: nn.GroupNorm(_group_count(cfg, c), c, eps=cfg.eps),
-    "in": lambda cfg, c: nn.GroupNorm(_group_count(cfg, c), c, eps=cfg.eps),
-}
-NORM_NAMES = tuple(_BUILDERS)
-
-
-def create_norm_layer(cfg: DictConfig, num_channels: int) -> nn.Module:
-    """The normalization layer named by ``cfg.name`` for ``num_channels`` channels."""
-    return _BUILDERS[cfg.name](cfg, num_channels)
-
-
-def is_normalized(cfg: DictConfig) -> bool:
-    return cfg.name != "none"
-
-
 def renorm_limits(cfg: DictConfig, epoch: int, step: int) -> tuple[float, float]:
     """(r_max, d_max) for batch renorm during epoch number ``epoch`` and step number ``step`` (both from 1).
 
@@ -183,42 +161,138 @@ def set_renorm_limits(model: nn.Module, r_max: float, d_max: float) -> None:
             module.set_limits(r_max, d_max)
 
 
+@dataclass(frozen=True)
+class RenormSchedule:
+    """Batch renorm's (r_max, d_max) as a schedule the trainer follows without knowing what it sets."""
+
+    cfg: DictConfig
+
+    @property
+    def per_step(self) -> bool:
+        """Whether the values may change within an epoch (else only at its start)."""
+        return self.cfg.schedule.unit == "step"
+
+    def values(self, epoch: int, step: int) -> dict[str, float]:
+        """The values during epoch number ``epoch`` and step number ``step`` (both from 1), by metric name."""
+        r_max, d_max = renorm_limits(self.cfg, epoch, step)
+        return {"r_max": r_max, "d_max": d_max}
+
+    def apply(self, model: nn.Module, values: dict[str, float]) -> None:
+        set_renorm_limits(model, values["r_max"], values["d_max"])
+
+
+# ---------------------------------------------------------------- the registry: one entry per norm
+
+
+def _no_checks(cfg: DictConfig, channel_counts: Sequence[int]) -> list[str]:
+    return []
+
+
+def _eps_checks(cfg: DictConfig, channel_counts: Sequence[int]) -> list[str]:
+    return validation.number("norm.eps", cfg.eps, 0, low_open=True)
+
+
+def _bn_checks(cfg: DictConfig, channel_counts: Sequence[int]) -> list[str]:
+    return _eps_checks(cfg, channel_counts) + validation.number("norm.momentum", cfg.momentum, 0, 1)
+
+
+def _brn_checks(cfg: DictConfig, channel_counts: Sequence[int]) -> list[str]:
+    sched = cfg.schedule
+    return [
+        *_eps_checks(cfg, channel_counts),
+        *validation.number("norm.r_max", cfg.r_max, 1),
+        *validation.number("norm.d_max", cfg.d_max, 0),
+        *validation.number("norm.alpha", cfg.alpha, 0, 1, low_open=True),
+        *validation.choice("norm.schedule.unit", sched.unit, ("epoch", "step")),
+        *validation.number("norm.schedule.warmup", sched.warmup, 0),
+        *validation.number("norm.schedule.ramp", sched.ramp, 0),
+    ]
+
+
+def _gn_checks(cfg: DictConfig, channel_counts: Sequence[int]) -> list[str]:
+    groups = cfg.get("groups")
+    if groups == PER_CHANNEL:
+        return _eps_checks(cfg, channel_counts)
+    if not validation.is_integer(groups, 1):
+        line = f"norm.groups={groups!r}: must be a positive integer or '{PER_CHANNEL}'"
+    elif any(c % groups for c in channel_counts):
+        counts = ", ".join(map(str, channel_counts))
+        line = f"norm.groups={groups}: must divide every layer's channel count ({counts})"
+    else:
+        return _eps_checks(cfg, channel_counts)
+    return [*_eps_checks(cfg, channel_counts), line]
+
+
+def _group_norm(groups: Callable[[DictConfig, int], int]) -> Callable[[DictConfig, int], nn.Module]:
+    return lambda cfg, c: nn.GroupNorm(groups(cfg, c), c, eps=cfg.eps)
+
+
+def _gn_groups(cfg: DictConfig, num_channels: int) -> int:
+    return num_channels if cfg.groups == PER_CHANNEL else int(cfg.groups)
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """All that normexp knows about one norm: its layer, the keys of its YAML (``conf/norm/<name>.yaml``) and
+    their checks, and what the rest of the tool asks of it."""
+
+    build: Callable[[DictConfig, int], nn.Module]  # (cfg, num_channels) -> layer
+    layer_types: tuple[type[nn.Module], ...] = ()  # what it builds: their scale and shift get no weight decay
+    checks: Callable[[DictConfig, Sequence[int]], list[str]] = _no_checks  # (cfg, channel counts) -> problems
+    schedule: Callable[[DictConfig], RenormSchedule] | None = None  # values the trainer sets as training goes
+    kernels: str = "none"  # which CPU kernels it runs: norms with the same kernels share CPU settings
+
+
+REGISTRY: dict[str, NormSpec] = {
+    "none": NormSpec(build=lambda cfg, c: nn.Identity()),
+    "bn": NormSpec(
+        build=lambda cfg, c: BatchNorm2d(c, eps=cfg.eps, momentum=cfg.momentum),
+        layer_types=(nn.modules.batchnorm._NormBase,),
+        checks=_bn_checks,
+        kernels="bn",
+    ),
+    "brn": NormSpec(
+        build=lambda cfg, c: BatchRenorm2d(c, eps=cfg.eps, alpha=cfg.alpha),
+        layer_types=(BatchRenorm2d,),
+        checks=_brn_checks,
+        schedule=RenormSchedule,
+        kernels="bn",
+    ),
+    "gn": NormSpec(_group_norm(_gn_groups), (nn.GroupNorm,), _gn_checks, kernels="gn"),
+    "ln": NormSpec(_group_norm(lambda cfg, c: 1), (nn.GroupNorm,), _eps_checks, kernels="gn"),
+    "in": NormSpec(_group_norm(lambda cfg, c: c), (nn.GroupNorm,), _eps_checks, kernels="gn"),
+}
+NORM_NAMES = tuple(REGISTRY)
+
+
+def create_norm_layer(cfg: DictConfig, num_channels: int) -> nn.Module:
+    """The normalization layer named by ``cfg.name`` for ``num_channels`` channels."""
+    return REGISTRY[cfg.name].build(cfg, num_channels)
+
+
+def is_normalized(cfg: DictConfig) -> bool:
+    return cfg.name != "none"
+
+
+def kernels(cfg: DictConfig) -> str:
+    """The CPU kernel family of the norm (none, bn or gn), by which CPU settings are chosen."""
+    return REGISTRY[cfg.name].kernels
+
+
+def schedule(cfg: DictConfig) -> RenormSchedule | None:
+    """The norm's schedule, or None where it has none."""
+    make = REGISTRY[cfg.name].schedule
+    return None if make is None else make(cfg)
+
+
 def norm_parameters(model: nn.Module) -> set[nn.Parameter]:
     """Scale and shift of every normalization layer (these get no weight decay)."""
-    norm_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm, BatchRenorm2d)
-    return {p for m in model.modules() if isinstance(m, norm_types) for p in m.parameters(recurse=False)}
+    types = tuple(t for spec in REGISTRY.values() for t in spec.layer_types)
+    return {p for m in model.modules() if isinstance(m, types) for p in m.parameters(recurse=False)}
 
 
 def validate(cfg: DictConfig, channel_counts: Sequence[int]) -> list[str]:
     """Problems with ``conf/norm`` values, one line each, empty when all is well."""
-    problems = []
-    if cfg.name not in _BUILDERS:
-        problems.append(f"norm.name={cfg.name!r}: unknown; allowed: {', '.join(NORM_NAMES)}")
-        return problems
-    if cfg.name != "none" and not (isinstance(cfg.eps, (int, float)) and cfg.eps > 0):
-        problems.append(f"norm.eps={cfg.eps!r}: must be a number > 0")
-    if cfg.name == "gn":
-        groups = cfg.get("groups")
-        if groups != PER_CHANNEL:
-            if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-                problems.append(f"norm.groups={groups!r}: must be a positive integer or '{PER_CHANNEL}'")
-            elif any(c % groups for c in channel_counts):
-                counts = ", ".join(map(str, channel_counts))
-                problems.append(f"norm.groups={groups}: must divide every layer's channel count ({counts})")
-    if cfg.name == "bn" and not (isinstance(cfg.momentum, (int, float)) and 0 <= cfg.momentum <= 1):
-        problems.append(f"norm.momentum={cfg.momentum!r}: must be a number in [0, 1]")
-    if cfg.name == "brn":
-        if not (isinstance(cfg.r_max, (int, float)) and cfg.r_max >= 1):
-            problems.append(f"norm.r_max={cfg.r_max!r}: must be a number >= 1")
-        if not (isinstance(cfg.d_max, (int, float)) and cfg.d_max >= 0):
-            problems.append(f"norm.d_max={cfg.d_max!r}: must be a number >= 0")
-        if not (isinstance(cfg.alpha, (int, float)) and 0 < cfg.alpha <= 1):
-            problems.append(f"norm.alpha={cfg.alpha!r}: must be a number in (0, 1]")
-        sched = cfg.schedule
-        if sched.unit not in ("epoch", "step"):
-            problems.append(f"norm.schedule.unit={sched.unit!r}: allowed: epoch, step")
-        for key in ("warmup", "ramp"):
-            value = sched[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                problems.append(f"norm.schedule.{key}={value!r}: must be a number >= 0")
-    return problems
+    if cfg.name not in REGISTRY:
+        return validation.choice("norm.name", cfg.name, NORM_NAMES, unknown=True)
+    return REGISTRY[cfg.name].checks(cfg, channel_counts)

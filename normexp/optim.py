@@ -8,6 +8,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from normexp import validation
+
 SCALINGS = ("linear", "sqrt", "none")
 
 
@@ -35,30 +37,14 @@ def build(
     )
 
 
-def _positive(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-
-
 def validate(cfg: DictConfig) -> list[str]:
     """Problems with ``conf/optim`` values, one line each."""
-    problems = []
-    if cfg.lr != "auto" and not _positive(cfg.lr):
-        problems.append(f"optim.lr={cfg.lr!r}: must be a number > 0 or 'auto'")
-    for key in ("with_norm", "without_norm"):
-        if not _positive(cfg.auto_lr[key]):
-            problems.append(f"optim.auto_lr.{key}={cfg.auto_lr[key]!r}: must be a number > 0")
-    m = cfg.momentum
-    if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < 1:
-        problems.append(f"optim.momentum={m!r}: must be a number in [0, 1)")
-    wd = cfg.weight_decay
-    if isinstance(wd, bool) or not isinstance(wd, (int, float)) or wd < 0:
-        problems.append(f"optim.weight_decay={wd!r}: must be a number >= 0")
-    if cfg.scaling not in SCALINGS:
-        problems.append(f"optim.scaling={cfg.scaling!r}: allowed: {', '.join(SCALINGS)}")
-    if (
-        isinstance(cfg.ref_batch_size, bool)
-        or not isinstance(cfg.ref_batch_size, int)
-        or cfg.ref_batch_size < 1
-    ):
-        problems.append(f"optim.ref_batch_size={cfg.ref_batch_size!r}: must be an integer >= 1")
-    return problems
+    return [
+        *validation.number("optim.lr", cfg.lr, 0, low_open=True, or_word="auto"),
+        *validation.number("optim.auto_lr.with_norm", cfg.auto_lr.with_norm, 0, low_open=True),
+        *validation.number("optim.auto_lr.without_norm", cfg.auto_lr.without_norm, 0, low_open=True),
+        *validation.number("optim.momentum", cfg.momentum, 0, 1, high_open=True),
+        *validation.number("optim.weight_decay", cfg.weight_decay, 0),
+        *validation.choice("optim.scaling", cfg.scaling, SCALINGS),
+        *validation.integer("optim.ref_batch_size", cfg.ref_batch_size, 1),
+    ]

@@ -23,9 +23,10 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from normexp import config, norm, optim, runfiles, train
+from normexp import runfiles, sweeps
 
-UNFINISHED = "unfinished"  # no summary.json yet: still running, or killed or failed before writing one
+# still running, or killed or failed while running (summary.json says "running", or there is none yet)
+UNFINISHED = "unfinished"
 STATUSES = ("completed", "diverged", "interrupted", UNFINISHED)
 RUN_COLUMNS = (
     "run_dir", "job", "variant", "norm", "groups", "batch_size", "seed", "lr", "data", "status", "epochs",
@@ -63,7 +64,7 @@ def planned_job_count(sweep_dir: Path) -> int | None:
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
         return None
-    jobs = config.sweep_jobs(OmegaConf.load(path))
+    jobs = sweeps.sweep_jobs(OmegaConf.load(path))
     return None if jobs is None else len(jobs)
 
 
@@ -142,14 +143,13 @@ def run_settings(run_dir: Path, cfg: DictConfig, summary: dict[str, Any] | None)
     summary = summary or {}
     diverged = summary.get("diverged_at") or {}
     groups = cfg.norm.get("groups")
-    lr = summary.get("lr")
-    if lr is None:
-        lr = optim.learning_rate(cfg.optim, bs, norm.is_normalized(cfg.norm))
+    lr, epochs = summary.get("lr"), summary.get("epochs")  # None for a run that left no summary.json
+    status = summary.get("status", UNFINISHED)
     return {
         "run_dir": str(run_dir), "job": run_dir.name, "norm": cfg.norm.name,
         "groups": None if groups is None else str(groups), "batch_size": int(bs), "seed": int(cfg.train.seed),
-        "lr": float(lr), "data": cfg.data.name, "status": summary.get("status", UNFINISHED),
-        "epochs": summary.get("epochs", train.planned_epochs(cfg.train, bs)),
+        "lr": None if lr is None else float(lr), "data": cfg.data.name,
+        "status": UNFINISHED if status == "running" else status, "epochs": epochs,
         "epochs_run": summary.get("epochs_run"), "final_val_error": summary.get("final_val_error"),
         "best_val_error": summary.get("best_val_error"), "diverged_epoch": diverged.get("epoch"),
         "diverged_step": diverged.get("step"), "diverged_loss": diverged.get("loss"),

@@ -10,8 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 METRICS, SUMMARY, CHECKPOINT = "metrics.csv", "summary.json", "checkpoint.pt"
 METRIC_COLUMNS = (
     "epoch", "step", "lr", "r_max", "d_max", "train_loss", "train_error",
@@ -63,12 +61,18 @@ def is_finished(run_dir: Path, epochs: int | None = None) -> bool:
     return summary["status"] == "diverged" or epochs is None or summary["epochs_run"] >= epochs
 
 
+# torch is imported by the two functions that need it: reading results needs no torch
+
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    import torch
+
     buffer = io.BytesIO()
     torch.save(state, buffer)
     write_atomic(run_dir / CHECKPOINT, buffer.getvalue())
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    import torch
+
     path = run_dir / CHECKPOINT
     return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None

@@ -4,8 +4,8 @@
     python scripts/bench.py --norms gn --batch-sizes 1,256 --seconds 2 --json gn.json
     python scripts/bench.py --device cuda
 
-(a) normexp: the trainer's own set-up (train.set_up) and its step loop
-    (train.train_steps, then EpochLog.flush every train.steps_per_sync steps) on the training split in memory.
+(a) normexp: the trainer's own set-up (Trainer.build) and its chunk step (Trainer.train_chunk: SGD steps,
+    then one look at the losses every train.steps_per_sync steps) on the training split in memory.
 (b) reference: the loop of pytorch/examples' mnist/main.py: torchvision's MNIST with ToTensor and Normalize, a
     DataLoader(shuffle=True), the same LeNet, torch.optim.SGD with momentum and weight decay, default torch
     settings, loss.item() every step.
@@ -43,8 +43,10 @@ import torch.nn.functional as F  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from normexp import data, norm, optim, perf, runfiles, train  # noqa: E402
+from normexp import data, norm, optim, perf, runfiles, trainer  # noqa: E402
 from normexp.model import LeNet  # noqa: E402
+from normexp.runstate import RunState  # noqa: E402
+from normexp.trainer import Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NORMS = "none,bn,brn,gn"
@@ -97,31 +99,21 @@ def sweep_runs(data_root: Path, device: str) -> list[tuple[str, int, int]]:
     cfg = run_config("gn", 256, data_root, device, "experiment=mcn_sweep")
     params = cfg.hydra.sweeper.params
     norms, sizes = str(params["norm"]).split(","), [int(b) for b in str(params["batch_size"]).split(",")]
-    return [(n, b, train.planned_epochs(cfg.train, b)) for n in norms for b in sizes]
+    return [(n, b, trainer.planned_epochs(cfg.train, b)) for n in norms for b in sizes]
 
 
 # ---------------------------------------------------------------- the two training loops
 
 
 class NormexpLoop:
-    """normexp's training path, set up as ``normexp.train.run`` sets up a run."""
+    """normexp's training path: the trainer's own set-up and chunk step (``Trainer.train_chunk``), epoch
+    after epoch in the trainer's orders."""
 
     def __init__(self, cfg: DictConfig, jobs: int) -> None:
-        self.setup, self.cfg = train.set_up(cfg, jobs), cfg
+        self.trainer = Trainer(cfg, Path(tempfile.gettempdir()), jobs)  # its folder is never written here
+        self.setup, self.cfg = self.trainer.build(), cfg
         self.device = self.setup.device
-        if cfg.norm.name == "brn":
-            norm.set_renorm_limits(self.setup.model, *norm.renorm_limits(cfg.norm, 1, 1))
-        self.sync_every = train.steps_per_sync(cfg.batch_size, cfg.train.fast)
-        self.epoch, self.batches, self.epoch_log, self.step = -1, [], train.EpochLog(), 0
-
-    def _take(self, n: int) -> list[torch.Tensor]:
-        if not self.batches:  # a new epoch: its order, as the trainer draws it
-            self.epoch += 1
-            self.batches = data.epoch_order(len(self.setup.train_set), self.cfg.batch_size,
-                                            self.cfg.train.seed, self.epoch, self.device)
-            self.epoch_log = train.EpochLog()
-        chunk, self.batches = self.batches[:n], self.batches[n:]
-        return chunk
+        self.state, self.batches = RunState(), self.trainer.begin_epoch(RunState())
 
     def run(self, steps: int) -> int:
         """Trains ``steps`` steps; returns the number of samples."""
@@ -129,11 +121,13 @@ class NormexpLoop:
         self.setup.model.train()
         samples = 0
         while steps > 0:
-            chunk = self._take(min(steps, self.sync_every))
-            taken = train.train_steps(self.setup.model, self.setup.optimizer, self.setup.train_set, chunk,
-                                      self.epoch_log, self.setup.cpu.memory_format, first_step=self.step)
-            self.epoch_log.flush(self.cfg.train.max_loss, self.step + 1, self.epoch + 1)
-            self.step, steps, samples = self.step + taken, steps - taken, samples + sum(len(b) for b in chunk)
+            if self.state.batch == len(self.batches):
+                self.state.new_epoch()
+                self.batches = self.trainer.begin_epoch(self.state)
+            first = self.state.batch
+            self.trainer.train_chunk(self.state, self.batches, max_steps=steps)
+            steps -= self.state.batch - first
+            samples += sum(len(b) for b in self.batches[first : self.state.batch])
         return samples
 
     def evaluate(self) -> None:
@@ -146,7 +140,7 @@ class ReferenceLoop:
     def __init__(self, cfg: DictConfig, data_root: Path) -> None:
         from torchvision import datasets, transforms
 
-        self.device = train.resolve_device(cfg.train.device)
+        self.device = trainer.resolve_device(cfg.train.device)
         transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
         dataset = datasets.MNIST(str(data_root), train=True, download=False, transform=transform)
         loader_kwargs = {"batch_size": cfg.batch_size, "shuffle": True}
@@ -358,9 +352,22 @@ def sweep_lines(estimate: dict) -> list[str]:
 
 
 def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cores": perf.available_cores(), "torch": torch.__version__,
+    """The CPU the numbers are from (``perf.cpu_fingerprint()``: model, kernel flags, cores, torch, oneDNN),
+    where normexp's CPU settings came from (this machine's measurement or the built-in fallback), the load."""
+    cache = perf.cache_path()
+    return {**perf.cpu_fingerprint(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_rule": cache.name if perf.load_cache(cache) is not None else "fallback",
+            "cpu_rule_path": str(cache),
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}  # fmt: skip
+
+
+def machine_line(m: dict) -> str:
+    load = ", ".join(f"{v:.2f}" for v in m["load_average"]) if m["load_average"] else "?"
+    rule = ("built-in fallback rule" if m["cpu_rule"] == "fallback"
+            else f"measured rule ({m['cpu_rule_path']})")  # fmt: skip
+    return (f"CPU: {m['model']}, {m['cores']} cores ({m['capability']}), torch {m['torch']}, oneDNN "
+            f"{m['onednn']}; normexp's CPU settings: {rule}; load average {load} (1, 5, 15 min)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -408,9 +415,10 @@ def main(argv: list[str] | None = None) -> int:
         if data_root is None:
             n_train, n_test = int_list(args.synthetic_size)
             data_root = write_synthetic_mnist(Path(tmp), n_train, n_test)
-        rows = []
+        rows, start = [], machine()
         print(f"normexp vs the pytorch/examples loop on {args.device}, {perf.available_cores()} cores; "
               f"{args.repeats} interleaved blocks each", flush=True)
+        print(machine_line(start), flush=True)
         for name in norms:
             for batch_size in sizes:
                 rows.append(compare(name, batch_size, args, data_root))
@@ -428,11 +436,14 @@ def main(argv: list[str] | None = None) -> int:
         r["box_ratio"] = r["box_samples_per_s"] / r["reference_samples_per_s"]
     estimate = sweep_estimate(probes, runs, args.jobs)
     print()
+    end = machine()
+    print(machine_line(end))
     print(table(rows, args.jobs))
     print()
     for line in sweep_lines(estimate):
         print(line)
-    result = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
+    result = {"machine": {**end, "load_average_start": start["load_average"]},
+              "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
               "probes": list(probes.values()), "sweep": estimate}  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")

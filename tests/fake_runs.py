@@ -16,7 +16,7 @@ def make_run(
     extra: tuple[str, ...] = (),
 ) -> Path:
     """A run folder named as a sweep job; ``val_errors`` per finished epoch (val_loss = 2 x error + 0.01);
-    ``status`` "unfinished" writes no summary.json (a run still going, or killed)."""
+    ``status`` "unfinished" leaves summary.json as a run still going (or killed) leaves it: "running"."""
     overrides = [f"norm={norm}", f"batch_size={batch_size}", f"train.seed={seed}", *extra]
     cfg = compose_config(overrides)
     run_dir = sweep / ",".join(sorted(overrides))
@@ -27,15 +27,15 @@ def make_run(
              "train_error": err, "val_loss": 2 * err + 0.01, "val_error": err, "seconds": 1.0,
              "samples_per_s": 100.0} for e, err in enumerate(val_errors, start=1)]
     runfiles.write_metrics(run_dir, rows)
-    if status != "unfinished":
-        summary = {
-            "status": status, "epochs_run": len(rows), "epochs": epochs or len(rows),
-            "final_val_error": val_errors[-1] if rows else None,
-            "best_val_error": min(val_errors, default=None),
-            "norm": norm, "batch_size": batch_size, "seed": seed, "lr": lr,
-            "config": OmegaConf.to_container(cfg, resolve=True),
-        }  # fmt: skip
-        if status == "diverged":
-            summary["diverged_at"] = {"epoch": diverged_epoch, "step": 7, "loss": float("nan")}
-        runfiles.write_summary(run_dir, summary)
+    summary = {
+        "status": "running" if status == "unfinished" else status, "epochs_run": len(rows),
+        "epochs": epochs or (cfg.train.epochs if status == "unfinished" else len(rows)),
+        "final_val_error": val_errors[-1] if rows else None,
+        "best_val_error": min(val_errors, default=None),
+        "norm": norm, "batch_size": batch_size, "seed": seed, "lr": lr,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    if status == "diverged":
+        summary["diverged_at"] = {"epoch": diverged_epoch, "step": 7, "loss": float("nan")}
+    runfiles.write_summary(run_dir, summary)
     return run_dir

@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import compose_config
 
-from normexp import data, norm, perf, runfiles, train
+from normexp import data, norm, perf, runfiles, steps, trainer
 
 TIMING = ["seconds", "samples_per_s"]
 CPU = torch.device("cpu")
@@ -77,7 +77,7 @@ def statistics(model: torch.nn.Module) -> dict[str, tuple[torch.Tensor, float]]:
 def trace(cfg, plant=None) -> dict:
     """The fast or plain path (per ``cfg``) through STEPS training steps on the first batches of epoch 1:
     the logits and loss of each step, every gradient, the update, the running statistics, eval logits."""
-    setup = train.set_up(cfg, jobs=1)
+    setup = trainer.set_up(cfg, jobs=1)
     if plant is not None:
         plant(setup)
     if cfg.norm.name == "brn":
@@ -88,8 +88,8 @@ def trace(cfg, plant=None) -> dict:
     model.train()
     batches = data.epoch_order(len(setup.train_set), cfg.batch_size, cfg.train.seed, 0, setup.device)
     for idx in batches[:STEPS]:
-        log = train.EpochLog()
-        train.train_steps(model, setup.optimizer, setup.train_set, [idx], log, fmt)
+        log = steps.EpochLog()
+        steps.train_steps(model, setup.optimizer, setup.train_set, [idx], log, fmt)
         (loss, logits, _), = log.pending
         found["loss"].append(loss.double())
         found["logits"].append(logits.double())
@@ -142,6 +142,10 @@ def test_fast_and_plain_path_agree_step_by_step(tiny_mnist, isolated_torch, name
     assert rule.channels_last == (batch_size == 40) and rule.mkldnn == (batch_size > 8)
 
 
+def fit(cfg, run_dir: Path) -> dict:
+    return trainer.Trainer(cfg, run_dir, jobs=1).fit().summary
+
+
 def _bn_momentum(setup, value=0.2):
     for module in setup.model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -178,10 +182,10 @@ def test_resume_from_a_checkpoint_in_another_layout_trains_on_right(tmp_path, ti
     args = ["norm=gn", "batch_size=40", "train.epochs=2"]
     (tmp_path / "resumed").mkdir()
     (tmp_path / "straight").mkdir()
-    train.run(compose_run(tiny_mnist, *args, "train.mkldnn=false", "train.epochs=1"), tmp_path / "resumed")
-    resumed = train.run(compose_run(tiny_mnist, *args), tmp_path / "resumed")
+    fit(compose_run(tiny_mnist, *args, "train.mkldnn=false", "train.epochs=1"), tmp_path / "resumed")
+    resumed = fit(compose_run(tiny_mnist, *args), tmp_path / "resumed")
     assert resumed["channels_last"] and resumed["epochs_run"] == 2
-    train.run(compose_run(tiny_mnist, *args, "train.mkldnn=false"), tmp_path / "straight")
+    fit(compose_run(tiny_mnist, *args, "train.mkldnn=false"), tmp_path / "straight")
     weights = [runfiles.load_checkpoint(tmp_path / run)["model"] for run in ("resumed", "straight")]
     for key, value in weights[1].items():
         error = float((weights[0][key].double() - value.double()).norm())
@@ -189,6 +193,21 @@ def test_resume_from_a_checkpoint_in_another_layout_trains_on_right(tmp_path, ti
 
 
 # ---------------------------------------------------------------- the rule
+
+
+@pytest.fixture(autouse=True)
+def no_measured_settings(tmp_path, monkeypatch):
+    """Every test of this module sees the built-in rule, whatever ``python -m normexp.tune`` measured on this
+    machine (the cache and its reading are tests/test_tune.py's)."""
+    monkeypatch.setenv(perf.CACHE_ENV, str(tmp_path / "no-cache"))
+
+
+def test_without_a_measurement_the_rule_is_the_fallback_and_says_so(monkeypatch):
+    monkeypatch.setattr(perf, "available_cores", lambda: 8)
+    for batch_size in (1, 2, 8, 9, 32, 33, 250, 256):
+        chosen = perf.choose(batch_size, CPU)
+        assert chosen == perf.fallback(batch_size, 8) and chosen.source == "fallback"
+    assert not perf.cache_path().exists()
 
 
 def test_tiny_batches_get_native_convolutions_and_from_two_on_the_jobs_share_of_the_cores(monkeypatch):

@@ -14,7 +14,7 @@ from normexp import results
 
 @pytest.fixture
 def sweep(tmp_path: Path) -> Path:
-    """gn (2 seeds, completed), bn (diverged in epoch 1, no rows), brn (1 epoch written, no summary yet)."""
+    """gn (2 seeds, completed), bn (diverged in epoch 1, no rows), brn (1 epoch written, still running)."""
     s = tmp_path / "sweep"
     make_run(s, "gn", 8, 0, (0.2, 0.10))
     make_run(s, "gn", 8, 1, (0.3, 0.14))
@@ -34,7 +34,7 @@ def test_every_run_is_a_row_per_epoch_with_its_settings(sweep):
     assert runs.loc[("gn", 1), "final_val_error"] == 0.14
     assert runs.loc[("gn", 0), "groups"] == "2" and pd.isna(runs.loc[("bn", 0), "groups"])
     assert runs.loc[("bn", 0), "status"] == "diverged" and runs.loc[("bn", 0), "diverged_epoch"] == 1
-    # no summary yet: status and learning rate come from the run's .hydra/config.yaml and the lr rule
+    # still running: its status, learning rate and planned epochs from the summary it wrote at its start
     assert runs.loc[("brn", 0), "status"] == results.UNFINISHED
     assert runs.loc[("brn", 0), "lr"] == pytest.approx(0.01 * 8 / 256)
     assert runs.loc[("brn", 0), "epochs"] == 30

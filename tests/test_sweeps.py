@@ -10,7 +10,7 @@ import pytest
 from helpers import compose_config, run_cli, write_mnist
 from omegaconf import OmegaConf
 
-from normexp import config, plots, results, train
+from normexp import config, plots, results, trainer
 
 GRID = ["batch_size=16,norm=bn", "batch_size=16,norm=gn", "batch_size=8,norm=bn", "batch_size=8,norm=gn"]
 
@@ -106,6 +106,6 @@ def test_presets_compose_and_every_job_is_valid(tmp_path, preset, params, prefix
         job_cfg = compose_job([f"experiment={preset}", *job, f"data.root={data_root}"])
         assert config.problems(job_cfg) == [], job
         expected_epochs = 10 if preset == "mcn_sweep" and job_cfg.batch_size == 1 else 30
-        assert train.planned_epochs(job_cfg.train, job_cfg.batch_size) == expected_epochs
+        assert trainer.planned_epochs(job_cfg.train, job_cfg.batch_size) == expected_epochs
         if preset == "gn_groups":
             assert job_cfg.norm.name == "gn"

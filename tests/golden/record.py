@@ -36,11 +36,12 @@ def run_case(overrides: list[str], data_root: Path, run_dir: Path) -> list[dict]
     """One golden run in this process; its metrics rows without the timing columns."""
     from helpers import compose_config
 
-    from normexp import runfiles, train
+    from normexp import runfiles
+    from normexp.trainer import Trainer
 
     cfg = compose_config([f"data.root={data_root}", "data.download=false", *COMMON, *overrides])
     run_dir.mkdir(parents=True, exist_ok=True)
-    train.run(cfg, run_dir)
+    Trainer(cfg, run_dir, jobs=1).fit()
     with open(run_dir / runfiles.METRICS, newline="") as f:
         return [{key: _number(row[key]) for key in COLUMNS} for row in csv.DictReader(f)]
 

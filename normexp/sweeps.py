@@ -1,0 +1,27 @@
+"""The sweeps (owns ``conf/experiment``: each preset is a Hydra multirun of the basic sweeper): the jobs of a
+sweep, listed exactly as Hydra's basic sweeper will launch them, without importing torch."""
+
+from __future__ import annotations
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig
+
+
+def is_basic_sweeper(config: DictConfig) -> bool:
+    """Whether the sweep runs under Hydra's basic sweeper (the one whose jobs can be listed up front)."""
+    return str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper")
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
+    """The overrides of every job of a sweep, expanded as Hydra's basic sweeper will expand them; None for
+    other sweepers (their jobs are checked one by one as they start)."""
+    if not is_basic_sweeper(config):
+        return None
+    # Hydra's own expansion (a public static method of a class in its _internal package), so that the jobs
+    # listed here are exactly the jobs it will launch
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    arguments = params + list(config.hydra.overrides.task)
+    overrides = OverridesParser.create().parse_overrides(arguments)
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]

@@ -1,0 +1,330 @@
+"""One run of the experiment (owns ``conf/train``): the writeup's LeNet with one normalization layer, trained
+by SGD at one batch size for a planned number of epochs.
+
+Each epoch is one pass over the training split in a seeded order, in chunks of steps between two looks at
+the losses, then validation on the whole test split in eval mode. The run folder receives metrics.csv,
+summary.json and checkpoint.pt, each written atomically, so that a killed run resumes where its last
+checkpoint left it. A run ends completed, diverged (a result, not an error) or interrupted by a signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from normexp import data, norm, optim, perf, runfiles, steps, validation
+from normexp.model import LeNet
+from normexp.runstate import RunState
+
+log = logging.getLogger("normexp")
+
+DEVICES = ("auto", "cpu", "cuda")
+LOG_EVERY_SECONDS = 30  # without a progress bar: a line about the epoch this often
+
+
+def planned_epochs(cfg: DictConfig, batch_size: int) -> int:
+    """``train.epochs``, capped at some batch sizes by ``train.max_epochs_by_batch_size``."""
+    cap = cfg.max_epochs_by_batch_size.get(batch_size)
+    return cfg.epochs if cap is None else min(cfg.epochs, cap)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+@dataclass
+class Setup:
+    """What a run trains with."""
+
+    device: torch.device
+    cpu: perf.CpuSettings  # for the training steps
+    eval_cpu: perf.CpuSettings  # for validation, which runs in batches of train.eval_batch_size
+    train_set: data.Split
+    test_set: data.Split
+    model: LeNet
+    optimizer: torch.optim.SGD
+    lr: float
+
+    def evaluate(self, batch_size: int) -> tuple[float, float]:
+        """Loss and error on the test split under the validation settings, then back to the training ones."""
+        perf.apply(self.eval_cpu)
+        try:
+            return steps.evaluate(self.model, self.test_set, batch_size, self.eval_cpu.memory_format)
+        finally:
+            perf.apply(self.cpu)
+
+
+def set_up(cfg: DictConfig, jobs: int) -> Setup:
+    """CPU settings (for ``jobs`` jobs sharing the box), data, the LeNet in the training layout (its initial
+    weights drawn after seeding torch's RNG with train.seed) and its SGD (fused on the fast path)."""
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    cpu = perf.choose(cfg.batch_size, device, tc.threads, tc.mkldnn, jobs, fast=tc.fast)
+    eval_cpu = perf.choose(tc.eval_batch_size, device, tc.threads, tc.mkldnn, jobs, fast=tc.fast)
+    perf.apply(cpu)
+    torch.manual_seed(tc.seed)
+    train_set, test_set = data.load(cfg.data, device)
+    model = LeNet(partial(norm.create_norm_layer, cfg.norm)).to(device, memory_format=cpu.memory_format)
+    lr = optim.learning_rate(cfg.optim, cfg.batch_size, norm.is_normalized(cfg.norm))
+    optimizer = optim.build(model, cfg.optim, lr, norm.norm_parameters(model), fused=tc.fast)
+    return Setup(device, cpu, eval_cpu, train_set, test_set, model, optimizer, lr)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a call of ``Trainer.fit`` ended: the run's status and summary, and the signal that stopped it."""
+
+    status: str  # completed | diverged | interrupted
+    summary: dict[str, Any]
+    signum: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0, or 128 + the signal for a run stopped by one (as a shell reports a process killed by it)."""
+        return 0 if self.signum is None else 128 + self.signum
+
+
+class Progress:
+    """The epoch's progress bar where there is a terminal, else a log line every LOG_EVERY_SECONDS."""
+
+    def __init__(self, state: RunState, epochs: int, total: int, show_bar: bool) -> None:
+        self.epoch, self.epochs, self.total, self.show_bar = state.epoch + 1, epochs, total, show_bar
+        self.bar = tqdm(total=total, initial=state.batch, desc=f"epoch {self.epoch}/{epochs}", leave=False,
+                        disable=not show_bar, dynamic_ncols=True)
+        self.last_line = time.perf_counter()
+
+    def update(self, state: RunState, taken: int) -> None:
+        loss = state.epoch_log.running_loss
+        self.bar.update(taken)
+        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if not self.show_bar and time.perf_counter() - self.last_line > LOG_EVERY_SECONDS:
+            log.info("epoch %d/%d batch %d/%d loss %.4f", self.epoch, self.epochs, state.batch, self.total,
+                     loss)
+            self.last_line = time.perf_counter()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class Trainer:
+    """One run in ``run_dir``: what the config implies is resolved once here; ``fit`` trains (or resumes)."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, jobs: int | None = None) -> None:
+        self.cfg, self.run_dir, self.tc = cfg, run_dir, cfg.train
+        self.batch_size = cfg.batch_size
+        self.epochs = planned_epochs(cfg.train, cfg.batch_size)
+        self.lr = optim.learning_rate(cfg.optim, cfg.batch_size, norm.is_normalized(cfg.norm))
+        self.sync_every = steps.steps_per_sync(cfg.batch_size, cfg.train.fast)
+        self.schedule = norm.schedule(cfg.norm)
+        self.schedule_values: dict[str, float] = {}  # what the schedule set last, as metrics columns
+        self.jobs = perf.parallel_jobs() if jobs is None else jobs
+        self.show_bar = sys.stderr.isatty() if self.tc.progress == "auto" else bool(self.tc.progress)
+        self.setup: Setup | None = None
+        self._clock = time.perf_counter()
+
+    def fit(self) -> Outcome:
+        """Trains the planned epochs from where the run folder's checkpoint left off."""
+        if self.tc.resume and runfiles.is_finished(self.run_dir, self.epochs):
+            previous = runfiles.read_summary(self.run_dir)
+            log.info("%s: already %s after %d epochs, nothing to do", self.run_dir, previous["status"],
+                     previous["epochs_run"])
+            return Outcome(previous["status"], previous)
+        self.build()
+        state = self.start()
+        self._log_start()
+        with steps.StopSignal() as stop:
+            while state.epoch < self.epochs:
+                outcome = self.train_epoch(state, stop)
+                if outcome is not None:
+                    return outcome
+        runfiles.write_metrics(self.run_dir, state.rows)  # again: a run killed between checkpoint and metrics
+        return self._end("completed", state)
+
+    def build(self) -> Setup:
+        """The run's CPU settings, data, model and optimizer (made once)."""
+        if self.setup is None:
+            self.setup = set_up(self.cfg, self.jobs)
+        return self.setup
+
+    def start(self) -> RunState:
+        """The state of the run folder's checkpoint (where ``train.resume`` allows), else a new one; either
+        way recorded as a running run in summary.json."""
+        checkpoint = runfiles.load_checkpoint(self.run_dir) if self.tc.resume else None
+        if checkpoint is None:
+            state = RunState()
+        else:
+            s = self.setup
+            state = RunState.from_checkpoint(checkpoint, s.model, s.optimizer, s.device)
+            perf.match_state_layout(s.optimizer)  # the checkpoint may come from another memory layout
+            log.info("resuming %s at epoch %d, batch %d", self.run_dir, state.epoch + 1, state.batch)
+        self._clock = time.perf_counter()  # the wall time counts training, not the set-up
+        self._summary("running", state)
+        return state
+
+    def train_epoch(self, state: RunState, stop: steps.StopSignal) -> Outcome | None:
+        """The rest of epoch ``state.epoch``, then its validation and checkpoint; an outcome where the run
+        ends in it."""
+        started = time.perf_counter()
+        batches = self.begin_epoch(state)
+        progress = Progress(state, self.epochs, len(batches), self.show_bar)
+        try:
+            while state.batch < len(batches) and stop.signum is None:
+                batch_before = state.batch
+                divergence = self.train_chunk(state, batches, stop)
+                if divergence is not None:
+                    return self._diverged(state, divergence)
+                progress.update(state, state.batch - batch_before)
+        finally:
+            progress.close()
+        state.epoch_seconds += time.perf_counter() - started  # the epoch's training time so far
+        if stop.signum is not None:
+            return self._interrupted(state, stop.signum)
+        self._end_epoch(state, batches)
+        return None
+
+    def begin_epoch(self, state: RunState) -> list[torch.Tensor]:
+        """The index batches of epoch ``state.epoch`` in its seeded order, with the model in training mode
+        and the norm's schedule where the epoch starts."""
+        n = len(self.setup.train_set)
+        batches = data.epoch_order(n, self.batch_size, self.tc.seed, state.epoch, self.setup.device)
+        self.setup.model.train()
+        self._follow_schedule(state.epoch, state.step)
+        return batches
+
+    def train_chunk(
+        self,
+        state: RunState,
+        batches: list[torch.Tensor],
+        stop: steps.StopSignal | None = None,
+        max_steps: int | None = None,
+    ) -> steps.Divergence | None:
+        """The next ``sync_every`` steps of the epoch (or ``max_steps``; fewer at its end, or when a signal
+        comes), then one look at their losses; the divergence among them, if any."""
+        s, first = self.setup, state.step
+        per_step = self.schedule is not None and self.schedule.per_step
+        before_step = partial(self._follow_schedule, state.epoch) if per_step else None
+        chunk = batches[state.batch : state.batch + min(self.sync_every, max_steps or self.sync_every)]
+        taken = steps.train_steps(s.model, s.optimizer, s.train_set, chunk, state.epoch_log,
+                                  s.cpu.memory_format, first, before_step, stop)
+        state.step, state.batch = first + taken, state.batch + taken
+        return state.epoch_log.flush(self.tc.max_loss, first + 1, state.epoch + 1)
+
+    def _follow_schedule(self, epoch: int, step: int) -> None:
+        """The norm's scheduled values for the step after ``step`` steps, during epoch ``epoch`` (from 0)."""
+        if self.schedule is None:
+            return
+        values = self.schedule.values(epoch + 1, step + 1)
+        if values != self.schedule_values:
+            self.schedule.apply(self.setup.model, values)
+            self.schedule_values = values
+
+    def _end_epoch(self, state: RunState, batches: list[torch.Tensor]) -> None:
+        """Validation, the epoch's metrics row, and a checkpoint at the start of the next epoch."""
+        trained, n_train = time.perf_counter(), len(self.setup.train_set)
+        train_loss, train_error = state.epoch_log.means(torch.tensor([len(b) for b in batches]), n_train)
+        val_loss, val_error = self.setup.evaluate(self.tc.eval_batch_size)
+        seconds = state.epoch_seconds + time.perf_counter() - trained  # training and validation
+        state.rows.append({
+            "epoch": state.epoch + 1, "step": state.step, "lr": self.lr, **self.schedule_values,
+            "train_loss": train_loss, "train_error": train_error,
+            "val_loss": val_loss, "val_error": val_error,
+            "seconds": round(seconds, 3), "samples_per_s": round(n_train / state.epoch_seconds, 1),
+        })
+        log.info("epoch %d/%d train loss %.4f error %.4f | val loss %.4f error %.4f | %.1fs", state.epoch + 1,
+                 self.epochs, train_loss, train_error, val_loss, val_error, seconds)
+        state.new_epoch()
+        self._save(state)
+
+    def _diverged(self, state: RunState, divergence: steps.Divergence) -> Outcome:
+        """The run ends as a result: steps after the bad one in its chunk ran on an already blown-up model."""
+        state.step = divergence.step
+        log.warning("diverged: training loss %s at epoch %d, step %d", divergence.loss, divergence.epoch,
+                    divergence.step)
+        runfiles.write_metrics(self.run_dir, state.rows)
+        at = {"epoch": divergence.epoch, "step": divergence.step, "loss": divergence.loss}
+        return self._end("diverged", state, diverged_at=at)
+
+    def _interrupted(self, state: RunState, signum: int) -> Outcome:
+        self._save(state)
+        outcome = self._end("interrupted", state, signum, interrupted_at={"epoch": state.epoch + 1,
+                                                                           "batch": state.batch})
+        log.warning("stopped by signal %d at epoch %d, batch %d: checkpoint saved; run the same command "
+                    "again to resume", signum, state.epoch + 1, state.batch)
+        return outcome
+
+    def _end(self, status: str, state: RunState, signum: int | None = None, **extra: Any) -> Outcome:
+        return Outcome(status, self._summary(status, state, **extra), signum)
+
+    def _tick(self, state: RunState) -> None:
+        """Adds the time since the last reading of the clock to the run's wall time."""
+        now = time.perf_counter()
+        state.wall_seconds += now - self._clock
+        self._clock = now
+
+    def _save(self, state: RunState) -> None:
+        self._tick(state)
+        runfiles.save_checkpoint(self.run_dir, state.to_checkpoint(self.setup.model, self.setup.optimizer))
+        runfiles.write_metrics(self.run_dir, state.rows)
+
+    def _summary(self, status: str, state: RunState, **extra: Any) -> dict[str, Any]:
+        """Writes summary.json for the run as it stands, and returns it."""
+        self._tick(state)
+        rows, s = state.rows, self.setup
+        best = min(range(len(rows)), key=lambda i: rows[i]["val_error"]) if rows else None
+        last = rows[-1] if rows else {}
+        summary = {
+            "status": status, "epochs_run": len(rows), "epochs": self.epochs,
+            "final_val_error": last.get("val_error"),
+            "best_val_error": rows[best]["val_error"] if rows else None,
+            "best_epoch": best + 1 if rows else None, "final_val_loss": last.get("val_loss"),
+            "wall_seconds": round(state.wall_seconds, 3), "steps": state.step,
+            "norm": self.cfg.norm.name, "batch_size": self.batch_size, "seed": self.tc.seed, "lr": self.lr,
+            "data": self.cfg.data.name, "device": str(s.device), "threads": s.cpu.threads,
+            "mkldnn": s.cpu.mkldnn, "fast": self.tc.fast, "channels_last": s.cpu.channels_last,
+            "peak_rss_mb": round(perf.peak_rss_mb(), 1),
+            "config": OmegaConf.to_container(self.cfg, resolve=True), **extra,
+        }
+        runfiles.write_summary(self.run_dir, summary)
+        return summary
+
+    def _log_start(self) -> None:
+        cpu = self.setup.cpu
+        log.info("%s, batch size %d, lr %.3g, %d epochs on %s (%d threads, oneDNN %s) -> %s",
+                 self.cfg.norm.name, self.batch_size, self.lr, self.epochs, self.setup.device, cpu.threads,
+                 "on" if cpu.mkldnn else "off", self.run_dir)
+
+
+def validate(cfg: DictConfig) -> list[str]:
+    """Problems with ``conf/train`` values, one line each."""
+    caps = cfg.max_epochs_by_batch_size
+    caps_ok = OmegaConf.is_dict(caps) and all(
+        validation.is_integer(k, 1) and validation.is_integer(v, 1) for k, v in caps.items()
+    )
+    caps_line = f"train.max_epochs_by_batch_size={caps!r}: must map batch sizes to integers >= 1"
+    problems = [
+        *validation.integer("train.epochs", cfg.epochs, 1),
+        *([] if caps_ok else [caps_line]),
+        *validation.integer("train.seed", cfg.seed, 0),
+        *validation.choice("train.device", cfg.device, DEVICES),
+        *validation.boolean("train.resume", cfg.resume),
+        *validation.boolean("train.fast", cfg.fast),
+        *validation.number("train.max_loss", cfg.max_loss, 0, low_open=True),
+        *validation.integer("train.eval_batch_size", cfg.eval_batch_size, 1),
+        *validation.integer("train.threads", cfg.threads, 1, or_word="auto"),
+        *validation.boolean("train.mkldnn", cfg.mkldnn, or_auto=True),
+        *validation.boolean("train.progress", cfg.progress, or_auto=True),
+    ]
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        problems.append("train.device='cuda': no CUDA device is available here; allowed: auto, cpu")
+    return problems
