@@ -39,7 +39,7 @@ class LeNet(nn.Module):
             nn.Conv2d(c1, c2, 5), norm_layer(c2), nn.MaxPool2d(2),
             WholeInputConv2d(c2, c3, 4), norm_layer(c3), nn.ReLU(inplace=True),
             nn.Conv2d(c3, num_classes, 1),
-        )  # fmt: skip
+        )
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, std=init_std)

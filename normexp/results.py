@@ -31,7 +31,7 @@ STATUSES = ("completed", "diverged", "interrupted", UNFINISHED)
 RUN_COLUMNS = (
     "run_dir", "job", "variant", "norm", "groups", "batch_size", "seed", "lr", "data", "status", "epochs",
     "epochs_run", "final_val_error", "best_val_error", "diverged_epoch", "diverged_step", "diverged_loss",
-)  # fmt: skip
+)
 EPOCH_COLUMNS = tuple(c for c in runfiles.METRIC_COLUMNS if c != "lr")  # lr is a run setting here
 # Settings that do not change what a run computes (where it reads data, how fast, for how long) or that the
 # table has as columns of their own; the remaining settings that differ between runs of one norm name the
@@ -40,7 +40,7 @@ NOT_VARIANT_KEYS = (
     "batch_size", "train.seed", "train.epochs", "train.max_epochs_by_batch_size", "data.root",
     "data.download", "train.device", "train.resume", "train.fast", "train.threads", "train.mkldnn",
     "train.progress", "train.eval_batch_size",
-)  # fmt: skip
+)
 RUN_FILES = (runfiles.SUMMARY, runfiles.METRICS, ".hydra/config.yaml")
 
 
@@ -153,7 +153,7 @@ def run_settings(run_dir: Path, cfg: DictConfig, summary: dict[str, Any] | None)
         "epochs_run": summary.get("epochs_run"), "final_val_error": summary.get("final_val_error"),
         "best_val_error": summary.get("best_val_error"), "diverged_epoch": diverged.get("epoch"),
         "diverged_step": diverged.get("step"), "diverged_loss": diverged.get("loss"),
-    }  # fmt: skip
+    }
 
 
 def variants(configs: dict[str, dict[str, Any]]) -> dict[str, str]:

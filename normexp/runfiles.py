@@ -14,7 +14,7 @@ METRICS, SUMMARY, CHECKPOINT = "metrics.csv", "summary.json", "checkpoint.pt"
 METRIC_COLUMNS = (
     "epoch", "step", "lr", "r_max", "d_max", "train_loss", "train_error",
     "val_loss", "val_error", "seconds", "samples_per_s",
-)  # fmt: skip
+)
 FINAL_STATUSES = ("completed", "diverged")
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)

@@ -35,7 +35,7 @@ def main(cfg: DictConfig) -> None:
     result = outcome.summary
     if outcome.status == "completed" and result["final_val_error"] is not None:
         log.info("completed: final val error %.4f (best %.4f at epoch %d)", result["final_val_error"],
-                 result["best_val_error"], result["best_epoch"])  # fmt: skip
+                 result["best_val_error"], result["best_epoch"])
     if outcome.exit_code:
         sys.exit(outcome.exit_code)
 

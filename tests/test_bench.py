@@ -28,13 +28,13 @@ def load_bench():
 
 def run_bench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(BENCH), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+                          timeout=300)
 
 
 def test_tiny_benchmark_prints_its_table_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     done = run_bench("--norms", "none,bn,brn,gn", "--batch-sizes", "2,8", "--steps", "2", "--repeats", "2",
-                     "--jobs", "2", "--synthetic-size", "256,128", "--json", str(out))  # fmt: skip
+                     "--jobs", "2", "--synthetic-size", "256,128", "--json", str(out))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| norm | batch size |"))
@@ -81,7 +81,7 @@ def test_sweep_estimate_schedules_runs_in_order_on_the_free_worker():
 def test_sweep_estimate_adds_training_evaluation_checkpoint_and_start_up():
     bench = load_bench()
     probe = {"samples_per_s": 1000.0, "eval_seconds": 1.0, "test_size": 1000, "checkpoint_seconds": 0.5,
-             "startup_seconds": 4.0, "train_size": 60000}  # fmt: skip
+             "startup_seconds": 4.0, "train_size": 60000}
     probes = {("gn", 1): probe, ("gn", 4): {**probe, "samples_per_s": 4000.0}}
     estimate = bench.sweep_estimate(probes, [("gn", 1, 10), ("gn", 2, 30), ("gn", 4, 30)], jobs=1)
     # per epoch: 60,000 samples at the rate + 10 s evaluating 10,000 test digits + 0.5 s checkpoint

@@ -36,6 +36,7 @@ CASES = {
                     "norm.groups=0: must be a positive integer or 'per_channel'"),
     "brn r_max < 1": (["norm=brn", "norm.r_max=0.5"], "norm.r_max=0.5: must be a number >= 1"),
     "brn d_max < 0": (["norm=brn", "norm.d_max=-1"], "norm.d_max=-1: must be a number >= 0"),
+    "brn r_max a bool": (["norm=brn", "norm.r_max=true"], "norm.r_max=True: must be a number >= 1"),
     "cuda without gpu": (["train.device=cuda"],
                          "train.device='cuda': no CUDA device is available here; allowed: auto, cpu"),
     "data missing, no download": (["data.root={empty}", "data.download=false"],
@@ -119,3 +120,26 @@ def test_other_bad_values_and_several_at_once(tmp_path):
     ]  # every problem, one line each
     fine = [data, "batch_size=200", "norm.groups=per_channel"]  # the whole split in one batch is fine
     assert problems(compose_config(fine)) == []
+
+
+BOOLS_AND_NON_FINITE = {  # a bool is no number here, though Python counts it as an int; nor is inf or nan
+    ("norm=bn", "norm.eps=true"): "norm.eps=True: must be a number > 0",
+    ("norm=bn", "norm.momentum=true"): "norm.momentum=True: must be a number in [0, 1]",
+    ("norm=bn", "norm.momentum=false"): "norm.momentum=False: must be a number in [0, 1]",
+    ("norm=brn", "norm.d_max=true"): "norm.d_max=True: must be a number >= 0",
+    ("norm=brn", "norm.alpha=true"): "norm.alpha=True: must be a number in (0, 1]",
+    ("norm=brn", "norm.r_max=inf"): "norm.r_max=inf: must be a number >= 1",
+    ("norm=brn", "norm.schedule.ramp=inf"): "norm.schedule.ramp=inf: must be a number >= 0",
+    ("norm=gn", "norm.eps=nan"): "norm.eps=nan: must be a number > 0",
+    ("optim.lr=inf",): "optim.lr=inf: must be a number > 0 or 'auto'",
+    ("optim.weight_decay=nan",): "optim.weight_decay=nan: must be a number >= 0",
+    ("train.seed=" + "9" * 30,): f"train.seed={'9' * 30}: must be an integer >= 0",
+}
+
+
+@pytest.mark.parametrize("overrides", BOOLS_AND_NON_FINITE, ids=" ".join)
+def test_bools_infinities_nans_and_huge_integers_are_rejected(tmp_path, overrides):
+    from normexp.config import problems
+
+    data = f"data.root={write_mnist(tmp_path / 'data')}"
+    assert problems(compose_config([data, "batch_size=8", *overrides])) == [BOOLS_AND_NON_FINITE[overrides]]

@@ -41,7 +41,7 @@ def group_files() -> list[Path]:
     return [
         path for path in sorted(CONF.rglob("*.yaml"))
         if path.relative_to(CONF).parts[0] not in (*PRESET_GROUPS, "hydra")
-    ]  # fmt: skip
+    ]
 
 
 def config_keys() -> set[str]:
@@ -61,7 +61,7 @@ def documented_rows(text: str) -> list[str]:
 def test_the_key_finder_reads_groups_and_nesting():
     keys = config_keys()
     assert {"batch_size", "norm.schedule.unit", "optim.auto_lr.with_norm", "train.max_epochs_by_batch_size",
-            "data.root"} <= keys  # fmt: skip
+            "data.root"} <= keys
     assert not any(k.startswith(("hydra", "defaults")) for k in keys)
 
 

@@ -14,11 +14,11 @@ def test_lenet_maps_digits_to_ten_scores_through_the_writeups_layers():
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
     kinds = [type(m) for m in model.features]
     assert kinds == [nn.Conv2d, BatchRenorm2d, nn.MaxPool2d, nn.Conv2d, BatchRenorm2d, nn.MaxPool2d,
-                     WholeInputConv2d, BatchRenorm2d, nn.ReLU, nn.Conv2d]  # fmt: skip
+                     WholeInputConv2d, BatchRenorm2d, nn.ReLU, nn.Conv2d]
     convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
         (1, 20, (5, 5)), (20, 50, (5, 5)), (50, 500, (4, 4)), (500, 10, (1, 1))
-    ]  # fmt: skip
+    ]
 
 
 def test_lenet_initialisation_is_normal_0_01_with_zero_bias():

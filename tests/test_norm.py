@@ -33,7 +33,7 @@ def norm_cfg(name: str, **extra):
         "gn": {"eps": EPS, "groups": 2},
         "ln": {"eps": EPS},
         "in": {"eps": EPS},
-    }[name]  # fmt: skip
+    }[name]
     return OmegaConf.create({"name": name, **base, **extra})
 
 
@@ -264,7 +264,7 @@ def test_ln_and_in_are_layer_and_instance_norm():
 
 def test_factory_builds_each_name_and_only_norm_parameters_are_collected():
     kinds = {"none": nn.Identity, "bn": BatchNorm2d, "brn": BatchRenorm2d, "gn": nn.GroupNorm,
-             "ln": nn.GroupNorm, "in": nn.GroupNorm}  # fmt: skip
+             "ln": nn.GroupNorm, "in": nn.GroupNorm}
     assert set(NORM_NAMES) == set(kinds)
     for name, kind in kinds.items():
         layer = create_norm_layer(norm_cfg(name), 20)

@@ -15,7 +15,7 @@ from normexp.norm import create_norm_layer, norm_parameters
 
 def sgd_cfg(**extra):
     base = {"name": "sgd", "lr": "auto", "auto_lr": {"with_norm": 0.01, "without_norm": 0.001},
-            "scaling": "linear", "ref_batch_size": 256, "momentum": 0.9, "weight_decay": 5e-4}  # fmt: skip
+            "scaling": "linear", "ref_batch_size": 256, "momentum": 0.9, "weight_decay": 5e-4}
     return OmegaConf.create({**base, **extra})
 
 

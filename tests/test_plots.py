@@ -115,7 +115,7 @@ def test_script_on_a_partial_sweep_says_what_it_left_out(sweep):
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in sweep.iterdir() if p.is_file()) == [
         "bs-16.png", "bs-8.png", "summary.csv", "summary.md", "summary.png",
-    ]  # fmt: skip
+    ]
     lines = proc.stderr.splitlines()
     assert len(lines) == 3 and all(line.startswith("plot_sweep: ") for line in lines)
     assert sum("diverged in epoch" in line for line in lines) == 2 and "no summary.json yet" in lines[1]
@@ -135,7 +135,7 @@ def load_script():
     (("{tmp}/empty",), "sweep={tmp}/empty: no run folders found (a run folder holds summary.json, "
                        "metrics.csv or .hydra/config.yaml)"),
     ((), "the following arguments are required: FOLDER"),
-])  # fmt: skip
+])
 def test_script_bad_input_is_one_line(tmp_path, sweep, capsys, args, message):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as exit_info:

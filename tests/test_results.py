@@ -98,7 +98,7 @@ def test_variants_name_the_settings_that_differ_within_a_norm(tmp_path):
     df = results.load([tmp_path])
     assert results.variant_order(df["variant"], ("bn", "gn")) == [
         "bn", "gn groups=1", "gn groups=5", "gn groups=10", "gn groups=per_channel",
-    ]  # fmt: skip
+    ]
 
 
 def test_summary_table_mean_std_and_status(sweep):

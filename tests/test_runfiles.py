@@ -21,7 +21,7 @@ def rows(n: int, writer: int) -> list[dict]:
     """``n`` epochs of metrics; each value tells which writer wrote it and how many rows it wrote."""
     return [{"epoch": e, "step": 10 * e, "lr": writer, "r_max": None, "d_max": None, "train_loss": n,
              "train_error": 0.5, "val_loss": n, "val_error": 0.25, "seconds": 1.5, "samples_per_s": 100.0}
-            for e in range(1, n + 1)]  # fmt: skip
+            for e in range(1, n + 1)]
 
 
 def test_write_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -98,7 +98,7 @@ def test_concurrent_writers_never_leave_a_torn_csv_or_json(tmp_path):
     as the plot script may read a sweep that is still running."""
     script = WRITER.format(tests=str(ROOT / "tests"))
     writers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(w), "100"], cwd=ROOT)
-               for w in (1, 2)]  # fmt: skip
+               for w in (1, 2)]
     while not all((tmp_path / f"ready{w}").exists() for w in (1, 2)):
         assert all(p.poll() is None for p in writers), "a writer died before starting"
         time.sleep(0.01)

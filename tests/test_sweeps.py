@@ -53,7 +53,7 @@ def test_submitit_local_runs_every_job_and_a_diverged_one_stops_no_other(tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert job_folders(sweep) == [
         "batch_size=8,norm=gn,train.max_loss=0.01", "batch_size=8,norm=gn,train.max_loss=1000",
-    ]  # fmt: skip
+    ]
     assert (sweep / ".submitit").is_dir()  # submitit's own logs, hidden from the results
 
     runs = results.runs(results.load([sweep])).set_index("job")
@@ -73,7 +73,7 @@ def test_a_command_line_seed_list_replaces_the_presets(tmp_path, tiny_mnist):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert job_folders(sweep) == [
         "batch_size=8,norm.groups=1,train.seed=0", "batch_size=8,norm.groups=1,train.seed=1",
-    ]  # fmt: skip
+    ]
     assert results.planned_job_count(sweep) == 2
     df = results.load([sweep])
     assert sorted(df["seed"]) == [0, 1] and set(df["groups"]) == {"1"} and set(df["variant"]) == {"gn"}
@@ -90,7 +90,7 @@ def compose_job(overrides: list[str]):
      "outputs/sweeps/mcn_sweep_"),
     ("gn_groups", {"norm.groups": "1,2,5,10,per_channel", "batch_size": "256,2", "train.seed": "0"},
      "outputs/sweeps/gn_groups_"),
-])  # fmt: skip
+])
 def test_presets_compose_and_every_job_is_valid(tmp_path, preset, params, prefix):
     data_root = write_mnist(tmp_path / "data", n_train=256, n_test=10)
     cfg = compose_job([f"experiment={preset}"])

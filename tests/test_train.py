@@ -33,13 +33,13 @@ def summary(run_dir: Path) -> dict:
 
 def assert_same_metrics(a: Path, b: Path) -> None:
     pd.testing.assert_frame_equal(metrics(a).drop(columns=TIMING), metrics(b).drop(columns=TIMING),
-                                  check_exact=True)  # fmt: skip
+                                  check_exact=True)
 
 
 def start_cli(*args: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "NORMEXP_DATA_ROOT"}
     return subprocess.Popen([sys.executable, "-m", "normexp.train", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 120) -> None:
@@ -64,7 +64,7 @@ def test_short_run_writes_its_files_and_the_same_seed_gives_the_same_metrics(tin
     common = [f"data.root={tiny_mnist}", "norm=gn", "batch_size=16", "train.epochs=2", *QUIET]
     results = run_cli_many([[f"hydra.run.dir={runs['a']}", *common],
                             [f"hydra.run.dir={runs['a_again']}", *common],
-                            [f"hydra.run.dir={runs['other_seed']}", *common, "train.seed=1"]])  # fmt: skip
+                            [f"hydra.run.dir={runs['other_seed']}", *common, "train.seed=1"]])
     assert [r.returncode for r in results] == [0, 0, 0], [r.stderr for r in results]
 
     run = runs["a"]
@@ -96,7 +96,7 @@ def test_divergence_ends_the_run_as_a_result_and_bn_trains_at_batch_size_one(tmp
     results = run_cli_many([
         [f"hydra.run.dir={bound}", *common, "batch_size=8", "train.max_loss=1.0"],  # first loss ~ ln 10
         [f"hydra.run.dir={bn1}", *common, "batch_size=1", "norm=bn"],
-    ])  # fmt: skip
+    ])
     assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
 
     s = bound_summary = summary(bound)
@@ -120,7 +120,7 @@ def test_divergence_ends_the_run_as_a_result_and_bn_trains_at_batch_size_one(tmp
 # BRN with its (r_max, d_max) ramp in steps across all three epochs, so that the resumed run must restore the
 # moving statistics, the optimizer and the schedule position
 RESUMABLE = ["norm=brn", "batch_size=4", "train.epochs=3", "norm.schedule.unit=step",
-             "norm.schedule.warmup=100", "norm.schedule.ramp=250", *QUIET]  # fmt: skip
+             "norm.schedule.warmup=100", "norm.schedule.ramp=250", *QUIET]
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def test_sigterm_finishes_the_step_saves_and_resumes_to_the_uninterrupted_metric
 def test_sweep_killed_and_run_again_runs_nothing_twice_and_finishes(tmp_path):
     data, sweep = write_mnist(tmp_path / "data", n_train=600, n_test=50), tmp_path / "sweep"
     args = ["-m", f"hydra.sweep.dir={sweep}", f"data.root={data}", "norm=gn,bn,none", "batch_size=10",
-            "train.epochs=3", *QUIET]  # fmt: skip
+            "train.epochs=3", *QUIET]
     first, second, third = (sweep / f"batch_size=10,norm={n}" for n in ("gn", "bn", "none"))
     process = start_cli(*args)
     # kill the sweep once its second job has checkpointed its first epoch: the first job is done, the second
