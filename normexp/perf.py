@@ -1,8 +1,15 @@
-"""CPU settings of a run (threads, oneDNN, memory layout), from its batch size and the jobs sharing the box.
+"""CPU settings of a run (threads, oneDNN, memory layout), from its batch size, its norm's kernels and the
+jobs sharing the box.
 
-Chosen by measurement on this project's 2-core machine (AMD EPYC, torch 2.14; ``scripts/bench.py`` and the
-README's Performance section). Samples/s of whole training steps of one job alone on the box, 2 threads,
-medians of 5 interleaved blocks (the machine is shared: repeated measurements move by up to 15 %):
+Measured on the machine where the tool runs: ``python -m normexp.tune`` times the candidate settings as whole
+training steps and writes the winners to a small JSON cache (``cache_dir()``), keyed by what decides the
+kernels (``cpu_fingerprint()`` and normexp's version). ``choose`` reads it; a run never measures. Where there
+is no cache for this machine, the rule below is the fallback (``fallback``).
+
+The fallback was chosen by measurement on this project's 2-core machine (AMD EPYC, torch 2.14;
+``scripts/bench.py`` and the README's Performance section). Samples/s of whole training steps of one job
+alone on the box, 2 threads, medians of 5 interleaved blocks (the machine is shared: repeated measurements
+move by up to 15 %):
 
     batch size              1      2      4      8     16     32     64    128    256
     GN, native, NCHW      1620   2518   3663   5042   2509   2919
@@ -24,19 +31,33 @@ better than one job on two threads, so "auto" gives each job its share of the co
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.metadata
+import json
+import logging
+import math
 import os
 import platform
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
-# Under "auto", the largest batch sizes that run on one thread, with PyTorch's native convolutions (oneDNN
-# off), and in NCHW; larger ones run in channels-last
+log = logging.getLogger("normexp")
+
+# The fallback (no measurement for this machine): under "auto", the largest batch sizes that run on one
+# thread, with PyTorch's native convolutions (oneDNN off), and in NCHW; larger ones run in channels-last
 ONE_THREAD_MAX = 1
 NATIVE_CONV_MAX = 8
 NCHW_MAX = 32
+
+# The measured settings: a JSON file per machine and normexp version, in cache_dir()
+CACHE_SCHEMA = 1
+CACHE_ENV = "NORMEXP_CACHE_DIR"
 
 
 @dataclass(frozen=True)
@@ -44,10 +65,28 @@ class CpuSettings:
     threads: int
     mkldnn: bool
     channels_last: bool = False  # conv weights, and so activations, in NHWC: oneDNN's fast layout
+    source: str = field(default="fallback", compare=False)  # the cache file's name, or "fallback"
 
     @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def as_dict(self) -> dict[str, Any]:
+        """For summary.json and the checkpoint (JSON types only)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CpuSettings:
+        """The settings ``as_dict`` wrote (a resumed run keeps its own); ValueError for anything else."""
+        try:
+            threads, mkldnn, channels_last = d["threads"], d["mkldnn"], d.get("channels_last", False)
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"not CPU settings: {d!r}") from err
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"not CPU settings (threads={threads!r}): {d!r}")
+        if not isinstance(mkldnn, bool) or not isinstance(channels_last, bool):
+            raise ValueError(f"not CPU settings (mkldnn and channels_last must be true or false): {d!r}")
+        return cls(threads, mkldnn, channels_last, source=str(d.get("source", "fallback")))
 
 
 def available_cores() -> int:
@@ -59,7 +98,8 @@ KERNEL_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512
                 "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "sve2")
 
 
-def _cpu_info() -> tuple[str, set[str]]:
+@functools.lru_cache(maxsize=1)
+def _cpu_info() -> tuple[str, frozenset[str]]:
     """The CPU's model name and feature flags, from /proc/cpuinfo where there is one."""
     model, flags = platform.processor() or platform.machine(), set()
     try:
@@ -75,7 +115,7 @@ def _cpu_info() -> tuple[str, set[str]]:
                     break
     except OSError:
         pass
-    return model, flags
+    return model, frozenset(flags)
 
 
 def cpu_fingerprint() -> dict[str, object]:
@@ -92,10 +132,95 @@ def cpu_fingerprint() -> dict[str, object]:
     }
 
 
+@functools.lru_cache(maxsize=1)
 def onednn_version() -> str | None:
     """oneDNN's version as torch's build information states it (torch has no other public accessor)."""
     found = re.search(r"MKL-DNN v([0-9][0-9.]*)", torch.__config__.show())
     return found.group(1) if found else None
+
+
+# ---------------------------------------------------------------- the cache of measured settings
+
+
+def normexp_version() -> str:
+    try:
+        return importlib.metadata.version("normexp")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def cache_dir() -> Path:
+    """``$NORMEXP_CACHE_DIR``, else ``$XDG_CACHE_HOME/normexp``, else ``~/.cache/normexp``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "normexp"
+
+
+def cache_key() -> dict[str, Any]:
+    """What the measured settings hold for: this machine's kernels and normexp's version."""
+    return {"fingerprint": cpu_fingerprint(), "normexp": normexp_version()}
+
+
+def cache_path() -> Path:
+    """This machine's cache file: its name carries a hash of ``cache_key()``."""
+    digest = hashlib.sha256(json.dumps(cache_key(), sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / f"cpu-settings-{digest}.json"
+
+
+# path -> (modification time and size when read, the table or None): read once, warned about once
+_read: dict[Path, tuple[tuple[int, int], dict[str, dict[int, CpuSettings]] | None]] = {}
+
+
+def _parse_cache(content: Any, name: str) -> dict[str, dict[int, CpuSettings]]:
+    """The cache's table (family -> batch size -> settings); ValueError saying what is wrong."""
+    if not isinstance(content, dict) or "schema" not in content:
+        raise ValueError("not a normexp CPU settings cache")
+    if content["schema"] != CACHE_SCHEMA:
+        raise ValueError(f"schema {content['schema']!r}, this normexp reads schema {CACHE_SCHEMA}")
+    if content.get("key") != cache_key():
+        raise ValueError("measured on another machine or normexp version")
+    families = content.get("families")
+    if not isinstance(families, dict):
+        raise ValueError("no 'families' table")
+    table: dict[str, dict[int, CpuSettings]] = {}
+    for family, cells in families.items():
+        if not (isinstance(family, str) and family and isinstance(cells, dict)):
+            raise ValueError(f"family {family!r}: not a table of batch sizes")
+        table[family] = {}
+        for batch_size, cell in cells.items():
+            if not (isinstance(batch_size, str) and batch_size.isdigit() and int(batch_size) >= 1):
+                raise ValueError(f"{family}: batch size {batch_size!r}")
+            settings = CpuSettings.from_dict(cell)
+            table[family][int(batch_size)] = CpuSettings(
+                settings.threads, settings.mkldnn, settings.channels_last, source=name
+            )
+    return table
+
+
+def load_cache(path: Path | None = None) -> dict[str, dict[int, CpuSettings]] | None:
+    """This machine's measured settings (family -> batch size -> settings), or None where there are none.
+    A corrupt or foreign file gets one warning naming it, and None (the fallback is used)."""
+    path = cache_path() if path is None else path
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    signature = (stat.st_mtime_ns, stat.st_size)
+    if path in _read and _read[path][0] == signature:
+        return _read[path][1]
+    try:
+        table = _parse_cache(json.loads(path.read_text()), path.name)
+    except (OSError, UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
+        log.warning("ignoring the CPU settings cache %s (%s); using the built-in rule", path,
+                    str(err).splitlines()[0])
+        table = None
+    _read[path] = (signature, table)
+    return table
+
+
+def nearest(batch_size: int, measured: list[int] | set[int] | dict[int, Any]) -> int:
+    """The measured batch size nearest to ``batch_size`` in log2 (a tie goes to the smaller one)."""
+    return min(measured, key=lambda b: (abs(math.log2(b) - math.log2(batch_size)), b))
 
 
 def peak_rss_mb() -> float:
@@ -131,18 +256,48 @@ def parallel_jobs() -> int:
     return 1
 
 
-def choose(
-    batch_size: int, device: torch.device, threads="auto", mkldnn="auto", jobs: int = 1, fast: bool = True
-) -> CpuSettings:
-    """The settings for a run; explicit ``threads``/``mkldnn`` values win over the rule. ``fast`` allows the
-    channels-last layout (used with oneDNN on CPU only; the plain path keeps PyTorch's default layout)."""
-    cpu = device.type == "cpu"
-    cores = max(1, available_cores() // max(1, jobs))
-    use_mkldnn = bool(mkldnn) if mkldnn != "auto" else not (cpu and batch_size <= NATIVE_CONV_MAX)
+def fallback(batch_size: int, cores: int) -> CpuSettings:
+    """The built-in rule on CPU, for a job with ``cores`` cores to itself (used without a measurement)."""
     return CpuSettings(
-        threads=int(threads) if threads != "auto" else (1 if cpu and batch_size <= ONE_THREAD_MAX else cores),
+        threads=1 if batch_size <= ONE_THREAD_MAX else cores,
+        mkldnn=batch_size > NATIVE_CONV_MAX,
+        channels_last=batch_size > NCHW_MAX,
+    )
+
+
+def measured(batch_size: int, family: str) -> CpuSettings | None:
+    """This machine's measured settings for ``family`` at the nearest measured batch size, if any."""
+    cells = (load_cache() or {}).get(family)
+    return cells[nearest(batch_size, cells)] if cells else None
+
+
+def choose(
+    batch_size: int,
+    device: torch.device,
+    threads="auto",
+    mkldnn="auto",
+    jobs: int = 1,
+    fast: bool = True,
+    family: str = "gn",
+) -> CpuSettings:
+    """The settings for a run of a norm whose layers run ``family``'s CPU kernels (``norm.kernels``: none,
+    bn, gn, ...): on CPU this machine's measurement where ``python -m normexp.tune`` made one for that
+    family, else the fallback. Explicit ``threads``/``mkldnn`` values win;
+    "auto" threads never exceed the job's share of the cores (``jobs`` jobs sharing the box). ``fast`` allows
+    the channels-last layout (used with oneDNN on CPU only; the plain path keeps PyTorch's default layout)."""
+    cpu = device.type == "cpu"
+    share = max(1, available_cores() // max(1, jobs))
+    rule = (measured(batch_size, family) if cpu else None) or fallback(batch_size, share)
+    if not cpu:
+        rule = CpuSettings(threads=share, mkldnn=True, channels_last=False)
+    use_mkldnn = bool(mkldnn) if mkldnn != "auto" else rule.mkldnn
+    # the measured layout goes with the measured oneDNN choice; an explicit other one takes the fallback's
+    layout = rule.channels_last if use_mkldnn == rule.mkldnn else batch_size > NCHW_MAX
+    return CpuSettings(
+        threads=int(threads) if threads != "auto" else min(rule.threads, share),
         mkldnn=use_mkldnn,
-        channels_last=fast and cpu and use_mkldnn and batch_size > NCHW_MAX,
+        channels_last=fast and cpu and use_mkldnn and layout,
+        source=rule.source,
     )
 
 

@@ -1,0 +1,440 @@
+"""Measure this machine's fastest CPU settings (threads, oneDNN, memory layout) for ``perf.choose``.
+
+    python -m normexp.tune                   # every kernel family at the sweep's batch sizes (~3 minutes)
+    python -m normexp.tune --norms gn --batch-sizes 2,4 --seconds 30
+    python -m normexp.tune --show            # what is measured for this machine
+    python -m normexp.tune --force           # measure again what is already measured
+
+Each candidate (1 to all cores' threads; native convolutions or oneDNN; NCHW, or channels-last with oneDNN)
+gets its own real run set-up (the trainer's ``set_up``, on synthetic MNIST-format digits: speed does not
+depend on the pixels) and trains as the trainer does; at the evaluation batch size (train.eval_batch_size) it
+evaluates instead, as validation does. Blocks of each candidate alternate, the order rotating, and are
+repeated; medians decide. A candidate replaces the fallback (``perf.fallback``) only where its median beats
+the fallback's by more than the spread of their repeated blocks; where the blocks spread more than +-20 %
+(the machine was busy), the fallback stays and the cell is marked "too busy" (measured again next time).
+
+The winners go to a JSON file in ``perf.cache_dir()`` (``$NORMEXP_CACHE_DIR`` moves it), named for this
+machine's ``perf.cache_key()``; new measurements are merged into what is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from normexp import data, norm, perf, runfiles
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+TRAIN_SIZE = 8192  # synthetic training digits: every power-of-two batch size up to 256 divides it
+TOO_BUSY = 0.20  # blocks spreading more than +-20 % around their median: too busy to decide
+SETUP_SHARE = 0.25  # of --seconds, kept for set-ups and warm-ups
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, as everywhere in normexp
+        self.exit(2, f"normexp: error: {message}\n")
+
+
+# ---------------------------------------------------------------- the decision (pure: no timing)
+
+
+def label(settings: perf.CpuSettings) -> str:
+    return (f"{settings.threads} thread{'s' if settings.threads > 1 else ''}, "
+            f"{'oneDNN' if settings.mkldnn else 'native'}, {'NHWC' if settings.channels_last else 'NCHW'}")
+
+
+def spread(rates: list[float]) -> float:
+    """How far repeated blocks stray from their median: half their range, relative to the median."""
+    return (max(rates) - min(rates)) / (2 * statistics.median(rates))
+
+
+@dataclass(frozen=True)
+class Decision:
+    settings: perf.CpuSettings  # what the cell gets
+    verdict: str  # "measured" (a clear winner), "fallback" (none beats it clearly), "too busy"
+    best: perf.CpuSettings  # the fastest median
+    margin: float  # the best median over the fallback's, minus 1
+    noise: float  # the larger spread of the two
+
+
+def decide(rates: dict[perf.CpuSettings, list[float]], fallback: perf.CpuSettings,
+           too_busy: float = TOO_BUSY) -> Decision:
+    """The settings of one cell from samples/s of repeated blocks per candidate (the fallback among them):
+    the fastest median where it beats the fallback's by more than the spread of their blocks, else the
+    fallback. Where that spread exceeds ``too_busy``, the fallback stays ("too busy"), however large the
+    win: blocks that spread so much measure the other work on the machine more than the kernels (threads
+    that wait for a core some other process holds, mostly), and the cache is for the machine, not the hour."""
+    medians = {c: statistics.median(r) for c, r in rates.items()}
+    best = max(medians, key=lambda c: (medians[c], c == fallback))
+    margin = medians[best] / medians[fallback] - 1
+    noise = max(spread(rates[best]), spread(rates[fallback]))
+    if noise > too_busy:
+        return Decision(fallback, "too busy", best, margin, noise)
+    if best != fallback and margin > noise:
+        return Decision(best, "measured", best, margin, noise)
+    return Decision(fallback, "fallback", best, margin, noise)
+
+
+def candidates(cores: int) -> list[perf.CpuSettings]:
+    """Thread counts 1, 2, 4, ... and all cores, each with native convolutions, oneDNN, oneDNN in NHWC."""
+    threads = sorted({1, cores} | {2**k for k in range(1, cores.bit_length()) if 2**k < cores})
+    layouts = ((False, False), (True, False), (True, True))
+    return [perf.CpuSettings(t, mkldnn, channels_last) for t in threads for mkldnn, channels_last in layouts]
+
+
+# ---------------------------------------------------------------- the timed work (re-point it here)
+
+
+def loop_pieces() -> tuple[Any, Any]:
+    """The trainer's ``set_up`` and the module holding its step loop (``train_steps``, ``EpochLog``,
+    ``steps_per_sync``, ``evaluate``): ``normexp.trainer`` and ``normexp.steps``, or ``normexp.train``."""
+    try:
+        from normexp import steps, trainer
+
+        return trainer.set_up, steps
+    except ImportError:
+        from normexp import train
+
+        return train.set_up, train
+
+
+@dataclass
+class Work:
+    """One candidate's own run set-up (its model, optimizer and data) and how far its epochs have got."""
+
+    settings: perf.CpuSettings
+    cfg: DictConfig
+    evaluation: bool  # time evaluation passes over the test split instead of training steps
+    setup: Any = None
+    loop: Any = None
+    batches: list[torch.Tensor] = field(default_factory=list)
+    epoch: int = 0
+    step: int = 0
+    diverged: bool = False
+
+    def __post_init__(self) -> None:
+        set_up, self.loop = loop_pieces()
+        self.setup = set_up(self.cfg, 1)
+        # the candidate's layout, which the rule may not give this batch size (its optimizer has no state yet)
+        self.setup.model.to(memory_format=self.settings.memory_format)
+        self.setup.cpu = self.setup.eval_cpu = self.settings
+
+    @property
+    def samples_per_unit(self) -> int:
+        return len(self.setup.test_set) if self.evaluation else self.cfg.batch_size
+
+
+def timed(work: Work, units: int) -> float:
+    """Samples/s of ``units`` training steps, taken as the trainer takes them (``train_steps`` on chunks of
+    ``steps_per_sync`` batches of the epoch's seeded order, each followed by ``EpochLog.flush``, its one
+    host sync), or of ``units`` evaluations of the test split as validation runs them."""
+    s, loop, cfg = work.setup, work.loop, work.cfg
+    perf.apply(work.settings)
+    fmt = work.settings.memory_format
+    if work.evaluation:
+        start = time.perf_counter()
+        for _ in range(units):
+            loop.evaluate(s.model, s.test_set, cfg.batch_size, fmt)
+        return units * len(s.test_set) / (time.perf_counter() - start)
+    while len(work.batches) < units:  # drawn before the clock starts
+        n, bs = len(s.train_set), cfg.batch_size
+        work.batches += data.epoch_order(n, bs, cfg.train.seed, work.epoch, s.device)
+        work.epoch += 1
+    batches, work.batches = work.batches[:units], work.batches[units:]
+    sync = loop.steps_per_sync(cfg.batch_size, cfg.train.fast)
+    diverged = getattr(loop, "Diverged", ())  # normexp.train's flush raises it, normexp.steps' returns it
+    s.model.train()
+    start = time.perf_counter()
+    for i in range(0, units, sync):
+        epoch_log = loop.EpochLog()
+        chunk = batches[i : i + sync]
+        loop.train_steps(s.model, s.optimizer, s.train_set, chunk, epoch_log, fmt, first_step=work.step)
+        try:
+            bad = epoch_log.flush(cfg.train.max_loss, work.step + 1, 1)
+        except diverged as err:
+            bad = err
+        work.step += len(chunk)
+        work.diverged |= bad is not None
+    seconds = time.perf_counter() - start
+    return sum(len(b) for b in batches) / seconds
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def write_synthetic_mnist(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """MNIST's files (torchvision's layout under ``root``) holding random digits and labels."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        header = b"".join(v.to_bytes(4, "big") for v in (data.IMAGE_MAGIC, n, 28, 28))
+        images = rng.integers(0, 256, n * 784, np.uint8).tobytes()
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + images)
+        header = data.LABEL_MAGIC.to_bytes(4, "big") + n.to_bytes(4, "big")
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(header + rng.integers(0, 10, n, np.uint8).tobytes())
+    return root
+
+
+def compose(overrides: list[str], hydra: bool = False) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides, return_hydra_config=hydra)
+
+
+def sweep() -> tuple[list[str], list[int]]:
+    """The norms and batch sizes of ``experiment=mcn_sweep``."""
+    params = compose(["experiment=mcn_sweep"], hydra=True).hydra.sweeper.params
+    return str(params["norm"]).split(","), [int(b) for b in str(params["batch_size"]).split(",")]
+
+
+def families(norms: list[str]) -> dict[str, str]:
+    """Kernel family (``norm.kernels``) -> the first of ``norms`` that runs its kernels (measured for all)."""
+    found: dict[str, str] = {}
+    for name in norms:
+        found.setdefault(norm.REGISTRY[name].kernels, name)
+    return found
+
+
+@dataclass(frozen=True)
+class Cell:
+    family: str
+    norm: str  # the norm built to measure the family
+    batch_size: int
+    evaluation: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.family} bs {self.batch_size}{' (eval)' if self.evaluation else ''}"
+
+
+def measure(cell: Cell, cfg: DictConfig, cands: list[perf.CpuSettings], block_seconds: float, repeats: int,
+            bar: tqdm) -> dict[perf.CpuSettings, list[float]]:
+    """Samples/s of ``repeats`` blocks of about ``block_seconds`` per candidate, interleaved."""
+    works = {c: Work(c, copy.deepcopy(cfg), cell.evaluation) for c in cands}
+    units = {}
+    for c, work in works.items():
+        timed(work, 1 if cell.evaluation else 3)  # warm-up: oneDNN's primitives, the allocator's pools
+        rate = timed(work, 1 if cell.evaluation else 3)
+        units[c] = max(1 if cell.evaluation else 2, round(block_seconds * rate / work.samples_per_unit))
+        bar.update(1)
+    rates: dict[perf.CpuSettings, list[float]] = {c: [] for c in cands}
+    for repeat in range(repeats):
+        k = repeat % len(cands)
+        for c in cands[k:] + cands[:k]:  # each candidate in each place of the order in turn
+            rates[c].append(timed(works[c], units[c]))
+            if works[c].diverged:  # fresh weights: NaNs may run at another speed
+                works[c] = Work(c, copy.deepcopy(cfg), cell.evaluation)
+                timed(works[c], 1 if cell.evaluation else 3)
+            bar.update(1)
+    return rates
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (this process's own threads count in it while it measures)."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def measure_all(cells: list[Cell], seconds: float, repeats: int, path: Path, cache: dict) -> dict:
+    """Measures ``cells`` within about ``seconds``, writing ``cache`` (updated) to ``path`` after each."""
+    cores = perf.available_cores()
+    cands = candidates(cores)
+    block_seconds = seconds * (1 - SETUP_SHARE) / (len(cells) * len(cands) * repeats)
+    load_before = load_average()
+    print(f"measuring {len(cells)} cells x {len(cands)} candidates x {repeats} blocks of "
+          f"~{block_seconds:.2f} s on {cores} cores (1-minute load average before: {load_before}) -> {path}",
+          flush=True)
+    threads, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    loads = []
+    with tempfile.TemporaryDirectory() as tmp, tqdm(total=len(cells) * len(cands) * (repeats + 1),
+                                                    unit="block", dynamic_ncols=True) as bar:
+        eval_size = max([c.batch_size for c in cells if c.evaluation], default=1)
+        root = write_synthetic_mnist(Path(tmp), TRAIN_SIZE, 4 * eval_size)  # evaluation: 4 full batches
+        try:
+            for cell in cells:
+                bar.set_description(cell.name)
+                cfg = compose([f"norm={cell.norm}", f"batch_size={cell.batch_size}", f"data.root={root}",
+                               "data.download=false", "train.device=cpu", "train.progress=false"])
+                rates = measure(cell, cfg, cands, block_seconds, repeats, bar)
+                fallback = perf.fallback(cell.batch_size, cores)
+                decision = decide(rates, fallback)
+                load = load_average()
+                loads.append(load)
+                cache["families"].setdefault(cell.family, {})[str(cell.batch_size)] = {
+                    "threads": decision.settings.threads, "mkldnn": decision.settings.mkldnn,
+                    "channels_last": decision.settings.channels_last, "verdict": decision.verdict,
+                    "work": "evaluation" if cell.evaluation else "training", "norm": cell.norm,
+                    "margin": round(decision.margin, 4), "noise": round(decision.noise, 4),
+                    "fallback": label(fallback), "best": label(decision.best), "load_average": load,
+                    "samples_per_s": {label(c): [round(r, 1) for r in rs] for c, rs in rates.items()},
+                }  # fmt: skip
+                cache["written"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                cache["measurement"] = {"seconds": seconds, "repeats": repeats,
+                                        "block_seconds": round(block_seconds, 4), "cores": cores,
+                                        "load_average_before": load_before,
+                                        "load_average_during": loads}  # fmt: skip
+                save(path, cache)
+                bar.write(f"  {cell.name:18s} {label(decision.settings):28s} "
+                          f"{describe(cache['families'][cell.family][str(cell.batch_size)])}")
+        finally:
+            torch.set_num_threads(threads)
+            torch.backends.mkldnn.enabled = mkldnn
+    return cache
+
+
+# ---------------------------------------------------------------- the cache file
+
+
+def save(path: Path, cache: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runfiles.write_atomic(path, (json.dumps(cache, indent=1) + "\n").encode())
+
+
+def existing(path: Path) -> dict | None:
+    """The cache file's content where ``perf`` accepts it for this machine (it warns about others)."""
+    if perf.load_cache(path) is None:
+        return None
+    return json.loads(path.read_text())
+
+
+def describe(cell: dict) -> str:
+    """A cache cell's verdict in words."""
+    noise = f"noise +-{cell['noise']:.0%}"
+    if cell["verdict"] == "measured":
+        return f"measured: {cell['margin']:+.0%} over the fallback ({cell['fallback']}), {noise}"
+    if cell["verdict"] == "too busy":
+        return f"too busy to decide ({noise}, more than +-{TOO_BUSY:.0%}): fallback kept"
+    if cell["best"] == cell["fallback"]:
+        return f"fallback is fastest ({noise})"
+    return f"fallback kept: {cell['best']} {cell['margin']:+.0%}, within the {noise}"
+
+
+def short(settings: perf.CpuSettings) -> str:
+    kind = "NHWC" if settings.channels_last else "oneDNN" if settings.mkldnn else "native"
+    return f"{settings.threads} {kind}"
+
+
+def table(cache: dict) -> list[str]:
+    """One line per measured cell, then the rule in short: a row per family, and the fallback's."""
+    lines, sizes = [], sorted({int(bs) for cells in cache["families"].values() for bs in cells})
+    for family, cells in cache["families"].items():
+        for bs in sorted(cells, key=int):
+            cell = cells[bs]
+            settings = perf.CpuSettings(cell["threads"], cell["mkldnn"], cell["channels_last"])
+            kind = " (eval)" if cell.get("work") == "evaluation" else ""
+            lines.append(f"  {family:4s} bs {bs:>3s}{kind:7s} {label(settings):28s} {describe(cell)}")
+    cores = cache["key"]["fingerprint"]["cores"]
+    lines += ["", "  threads and kernels by batch size (native convolutions; oneDNN in NCHW; NHWC: oneDNN in "
+              "channels-last):", "  " + f"{'batch size':10s}" + "".join(f"{bs:>10d}" for bs in sizes)]
+    for family, cells in cache["families"].items():
+        row = [short(perf.CpuSettings.from_dict(cells[str(bs)])) if str(bs) in cells else "" for bs in sizes]
+        lines.append("  " + f"{family:10s}" + "".join(f"{cell:>10s}" for cell in row))
+    fallback = [short(perf.fallback(bs, cores)) for bs in sizes]
+    lines.append("  " + f"{'fallback':10s}" + "".join(f"{cell:>10s}" for cell in fallback))
+    return lines
+
+
+def show(path: Path, cache: dict | None) -> None:
+    if cache is None:
+        print(f"no measured CPU settings for this machine ({path} does not hold them): runs use the "
+              f"built-in rule (one thread up to batch size {perf.ONE_THREAD_MAX}, native convolutions up to "
+              f"{perf.NATIVE_CONV_MAX}, NCHW up to {perf.NCHW_MAX}); python -m normexp.tune measures them")
+        return
+    fp = cache["key"]["fingerprint"]
+    m = cache.get("measurement", {})
+    print(f"{path}: {fp['model']}, {fp['cores']} cores ({fp['capability']}), torch {fp['torch']}, "
+          f"oneDNN {fp['onednn']}, normexp {cache['key']['normexp']}; written {cache.get('written')}, "
+          f"load average {m.get('load_average_before')} before, "
+          f"{_range(m.get('load_average_during') or [])} during")
+    for line in table(cache):
+        print(line)
+
+
+def _range(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    return f"{min(values):.2f}..{max(values):.2f}" if values else "?"
+
+
+# ---------------------------------------------------------------- command line
+
+
+def int_list(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise ValueError(text)
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(prog="python -m normexp.tune", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--norms", help="comma-separated; one norm per kernel family is measured, for all "
+                        "the norms of that family (bn for brn too, gn for ln and in; default: the sweep's)")
+    parser.add_argument("--batch-sizes", help="comma-separated (default: the sweep's, and "
+                        "train.eval_batch_size, which is measured as evaluation)")
+    parser.add_argument("--seconds", type=float, default=180.0,
+                        help="about how long the whole measurement takes (default 180)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed blocks per candidate (default 5)")
+    parser.add_argument("--force", action="store_true", help="measure again what is already measured")
+    parser.add_argument("--show", action="store_true", help="print what is measured for this machine; stop")
+    args = parser.parse_args(argv)
+    try:
+        sizes = int_list(args.batch_sizes) if args.batch_sizes is not None else None
+    except ValueError:
+        parser.error(f"--batch-sizes={args.batch_sizes}: comma-separated integers >= 1")
+    norms = [n.strip() for n in args.norms.split(",") if n.strip()] if args.norms is not None else None
+    for name in [""] if norms == [] else norms or []:
+        if name not in norm.NORM_NAMES:
+            parser.error(f"--norms={args.norms}: {name!r} is unknown; allowed: {', '.join(norm.NORM_NAMES)}")
+    if not (args.seconds > 0 and math.isfinite(args.seconds)):
+        parser.error(f"--seconds={args.seconds}: must be a number > 0")
+    if args.repeats < 2:
+        parser.error(f"--repeats={args.repeats}: must be an integer >= 2 (the noise is their spread)")
+
+    path = perf.cache_path()
+    cache = existing(path)
+    if args.show:
+        show(path, cache)
+        return 0
+    eval_size = compose([]).train.eval_batch_size
+    sweep_norms, sweep_sizes = sweep()
+    sizes = sizes if sizes is not None else [*sweep_sizes, eval_size]
+    cells = [Cell(family, name, bs, bs == eval_size)
+             for family, name in families(norms or sweep_norms).items() for bs in sizes]
+    if cache is None:
+        cache = {"schema": perf.CACHE_SCHEMA, "key": perf.cache_key(), "families": {}}
+    done = cache["families"]
+    todo = [c for c in cells if args.force or done.get(c.family, {}).get(str(c.batch_size), {}).get("verdict")
+            in (None, "too busy")]  # fmt: skip
+    if not todo:
+        print(f"nothing to measure: {path} holds all {len(cells)} cells (--force measures again)")
+    else:  # blocks as long as in a measurement of all the cells asked for
+        measure_all(todo, args.seconds * len(todo) / len(cells), args.repeats, path, cache)
+    print()
+    show(path, existing(path))
+    busy = [c.name for c in todo if done[c.family][str(c.batch_size)]["verdict"] == "too busy"]
+    if busy:
+        print(f"the machine was too busy to decide at {len(busy)} of {len(todo)} cells ({', '.join(busy)}): "
+              "they keep the fallback; run python -m normexp.tune again when it is quieter")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

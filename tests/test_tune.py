@@ -1,0 +1,299 @@
+"""The measured CPU rule: the cache ``python -m normexp.tune`` writes, how ``perf.choose`` reads it (and falls
+back without it), the tuner's decision on synthetic timings, and one tiny real measurement."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import ROOT
+
+from normexp import perf, tune
+
+CPU = torch.device("cpu")
+S = perf.CpuSettings
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty cache folder of this test's own, on a machine with 8 cores."""
+    monkeypatch.setenv(perf.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(perf, "available_cores", lambda: 8)
+    return tmp_path / "cache"
+
+
+def write_cache(cells: dict[str, dict[int, S]], **changes) -> str:
+    """A cache for this machine holding ``cells`` (family -> batch size -> settings); returns its name."""
+    content = {"schema": perf.CACHE_SCHEMA, "key": perf.cache_key(), "families": {
+        family: {str(bs): {**s.as_dict(), "verdict": "measured"} for bs, s in by_size.items()}
+        for family, by_size in cells.items()}, **changes}  # fmt: skip
+    tune.save(perf.cache_path(), content)
+    return perf.cache_path().name
+
+
+# ---------------------------------------------------------------- settings and the cache
+
+
+def test_settings_round_trip_through_a_dict_and_their_source_is_not_part_of_equality():
+    settings = S(3, True, True, source="cpu-settings-0123.json")
+    assert settings.as_dict() == {"threads": 3, "mkldnn": True, "channels_last": True,
+                                  "source": "cpu-settings-0123.json"}  # fmt: skip
+    back = S.from_dict(json.loads(json.dumps(settings.as_dict())))
+    assert back == settings and back.source == settings.source
+    assert S(3, True, True) == settings and hash(S(3, True, True)) == hash(settings)
+    assert S.from_dict({"threads": 1, "mkldnn": False}) == S(1, False, False)
+    for bad in ({"threads": 0, "mkldnn": True}, {"threads": 2, "mkldnn": "yes"}, {"mkldnn": True}, None):
+        with pytest.raises(ValueError):
+            S.from_dict(bad)
+
+
+def test_measured_settings_round_trip_through_the_cache(cache):
+    name = write_cache({"gn": {64: S(4, False, False), 256: S(8, True, True)},
+                        "bn": {64: S(8, True, False)}})  # fmt: skip
+    assert perf.cache_path().parent == cache and name.startswith("cpu-settings-")
+    chosen = perf.choose(64, CPU, family="gn")
+    assert chosen == S(4, False, False) and chosen.source == name
+    assert perf.choose(256, CPU) == S(8, True, True)  # family "gn" by default
+    assert perf.choose(64, CPU, family="bn") == S(8, True, False)
+    fallback = perf.choose(64, CPU, family="none")  # a family not measured: the built-in rule
+    assert fallback == perf.fallback(64, 8) and fallback.source == "fallback"
+    assert tune.existing(perf.cache_path())["families"]["gn"]["64"]["threads"] == 4
+
+
+def test_a_cache_measured_on_another_machine_is_not_used(cache, monkeypatch, caplog):
+    real = perf.cpu_fingerprint()
+    monkeypatch.setattr(perf, "cpu_fingerprint", lambda: {**real, "model": "Some Other CPU"})
+    write_cache({"gn": {256: S(1, False, False)}})
+    monkeypatch.undo()
+    monkeypatch.setenv(perf.CACHE_ENV, str(cache))
+    monkeypatch.setattr(perf, "available_cores", lambda: 8)
+    with caplog.at_level(logging.WARNING, logger="normexp"):
+        assert perf.choose(256, CPU) == perf.fallback(256, 8)
+    assert caplog.records == []  # another machine's file is another file: nothing to warn about
+    assert len(list(cache.iterdir())) == 1 and not perf.cache_path().exists()
+
+
+def test_the_cache_key_holds_the_fingerprint_and_normexps_version(cache):
+    key = perf.cache_key()
+    assert key == {"fingerprint": perf.cpu_fingerprint(), "normexp": perf.normexp_version()}
+    assert key["fingerprint"]["cores"] == 8 and key["normexp"] != "unknown"  # installed in the venv
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        ("{not json", "Expecting property name"),
+        (json.dumps({"schema": 2, "families": {}}), "schema 2"),
+        (json.dumps([1, 2]), "not a normexp CPU settings cache"),
+        ("FOREIGN_KEY", "another machine or normexp version"),
+        ("BAD_CELL", "not CPU settings"),
+    ],
+    ids=["corrupt-json", "other-schema", "not-a-cache", "foreign-key", "bad-cell"],
+)
+def test_a_corrupt_or_foreign_cache_gets_one_warning_line_and_the_fallback(cache, caplog, content, why):
+    path = perf.cache_path()
+    if content == "FOREIGN_KEY":  # the right file name, someone else's content
+        write_cache({"gn": {256: S(1, False, False)}}, key={"fingerprint": {}, "normexp": "0.0.1"})
+    elif content == "BAD_CELL":
+        write_cache({}, families={"gn": {"256": {"threads": -1, "mkldnn": True}}})
+    else:
+        path.parent.mkdir(parents=True)
+        path.write_text(content)
+    with caplog.at_level(logging.WARNING, logger="normexp"):
+        for _ in range(3):  # a run asks for its training and its evaluation settings: still one line
+            chosen = perf.choose(256, CPU)
+            assert chosen == perf.fallback(256, 8) and chosen.source == "fallback"
+    [record] = caplog.records
+    message = record.getMessage()
+    assert str(path) in message and why in message and "\n" not in message
+
+
+def test_a_cache_rewritten_after_a_warning_is_read_again(cache, caplog):
+    path = perf.cache_path()
+    path.parent.mkdir(parents=True)
+    path.write_text("{")
+    assert perf.choose(256, CPU).source == "fallback"
+    write_cache({"gn": {256: S(2, True, False)}})
+    assert perf.choose(256, CPU) == S(2, True, False)
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "nearest"),
+    [(1, 2), (2, 2), (3, 2), (4, 2), (8, 2), (11, 2), (12, 64), (16, 64), (64, 64), (250, 64), (4096, 64)],
+)
+def test_a_batch_size_not_measured_takes_the_nearest_measured_one_in_log2(cache, batch_size, nearest):
+    # log2: 2 -> 1, 64 -> 6; the midpoint 3.5 is batch size 11.3
+    write_cache({"gn": {2: S(1, False, False), 64: S(8, True, True)}})
+    expected = {2: S(1, False, False), 64: S(8, True, True)}[nearest]
+    assert perf.choose(batch_size, CPU) == expected
+
+
+def test_a_tie_in_log2_goes_to_the_smaller_batch_size():
+    assert perf.nearest(8, [4, 16]) == 4 and perf.nearest(8, {16, 4}) == 4
+    assert perf.nearest(250, [1, 2, 4, 16, 32, 64, 128, 256]) == 256
+    assert perf.nearest(250, [128, 250, 256]) == 250
+
+
+def test_explicit_settings_win_over_the_measurement(cache):
+    write_cache({"gn": {64: S(1, False, False), 256: S(8, True, True)}})
+    assert perf.choose(64, CPU, threads=3) == S(3, False, False)
+    # oneDNN forced where the measurement says native: the fallback's layout for that batch size
+    assert perf.choose(64, CPU, mkldnn=True) == S(1, True, True)
+    assert perf.choose(16, CPU, mkldnn=True) == S(1, True, False)
+    assert perf.choose(256, CPU, threads=2, mkldnn=False) == S(2, False, False)
+    assert perf.choose(256, CPU, mkldnn=True) == S(8, True, True)
+
+
+def test_a_jobs_share_of_the_cores_caps_the_measured_threads(cache):
+    write_cache({"gn": {256: S(8, True, True), 2: S(2, False, False)}})
+    assert perf.choose(256, CPU, jobs=2) == S(4, True, True)
+    assert perf.choose(256, CPU, jobs=8).threads == 1
+    assert perf.choose(2, CPU, jobs=2) == S(2, False, False)  # fewer than the share: as measured
+    assert perf.choose(2, CPU, jobs=8).threads == 1
+    assert perf.choose(256, CPU, threads=6, jobs=2).threads == 6  # explicit threads are the user's call
+
+
+def test_the_plain_path_never_runs_in_channels_last(cache):
+    write_cache({"gn": {b: S(8, True, True) for b in (1, 16, 256)}})
+    for batch_size in (1, 16, 256):
+        assert perf.choose(batch_size, CPU) == S(8, True, True)
+        assert perf.choose(batch_size, CPU, fast=False) == S(8, True, False)
+    assert perf.choose(256, CPU, fast=False, mkldnn=True).channels_last is False
+
+
+def test_a_gpu_run_ignores_the_cpu_measurement(cache):
+    write_cache({"gn": {256: S(1, False, True)}})
+    assert perf.choose(256, torch.device("cuda")) == S(8, True, False)
+
+
+def test_norms_sharing_kernels_are_measured_once_for_their_family():
+    sweep_norms, sweep_sizes = tune.sweep()
+    assert tune.families(sweep_norms) == {"none": "none", "bn": "bn", "gn": "gn"}  # brn runs bn's kernels
+    assert tune.families(["ln", "in", "brn", "gn"]) == {"gn": "ln", "bn": "brn"}
+    assert sweep_sizes == [256, 128, 64, 32, 16, 4, 2, 1]
+
+
+def test_a_family_nothing_was_measured_for_gets_the_fallback(cache):
+    write_cache({"gn": {256: S(1, False, False)}, "elementwise": {256: S(2, False, False)}})
+    assert perf.choose(256, CPU, family="elementwise") == S(2, False, False)
+    assert perf.choose(256, CPU, family="custom") == perf.fallback(256, 8)
+
+
+# ---------------------------------------------------------------- the decision, on synthetic timings
+
+
+FALLBACK, OTHER, THIRD = S(2, False, False), S(1, False, False), S(2, True, True)
+
+
+def test_a_clear_win_departs_from_the_fallback():
+    rates = {FALLBACK: [1000, 1010, 990, 1005, 995], OTHER: [1200, 1190, 1210, 1205, 1195],
+             THIRD: [900, 905, 895, 910, 890]}  # fmt: skip
+    decision = tune.decide(rates, FALLBACK)
+    assert decision.settings == OTHER and decision.verdict == "measured"
+    assert decision.margin == pytest.approx(0.2) and decision.noise == pytest.approx(0.01)
+
+
+def test_a_win_within_the_noise_keeps_the_fallback():
+    rates = {FALLBACK: [1000, 1100, 900, 1050, 950], OTHER: [1080, 1000, 1160, 1040, 1120]}
+    decision = tune.decide(rates, FALLBACK)  # +8 % at the median, blocks spreading +-10 %
+    assert decision.best == OTHER and decision.margin == pytest.approx(0.08)
+    assert decision.settings == FALLBACK and decision.verdict == "fallback"
+    assert decision.noise == pytest.approx(0.1)
+
+
+def test_a_loss_or_a_tie_keeps_the_fallback():
+    assert tune.decide({FALLBACK: [1000, 1001], OTHER: [900, 901]}, FALLBACK).verdict == "fallback"
+    tie = tune.decide({FALLBACK: [1000, 1000], OTHER: [1000, 1000]}, FALLBACK)
+    assert tie.settings == tie.best == FALLBACK and tie.margin == 0
+
+
+def test_blocks_spreading_too_much_keep_the_fallback_as_too_busy():
+    rates = {FALLBACK: [1000, 1500, 700, 1200, 600], OTHER: [1300, 800, 1600, 1100, 900]}
+    decision = tune.decide(rates, FALLBACK)
+    assert decision.settings == FALLBACK and decision.verdict == "too busy" and decision.noise > tune.TOO_BUSY
+    # even a win larger than that noise: a busy machine measures its neighbours more than the kernels
+    busy = tune.decide({FALLBACK: [1000, 1500, 700], OTHER: [3000, 3100, 2900]}, FALLBACK)
+    assert busy.verdict == "too busy" and busy.settings == FALLBACK and busy.best == OTHER
+    assert busy.margin == pytest.approx(2.0) and busy.noise == pytest.approx(0.4)
+    # the spread that counts is the best's and the fallback's: a third candidate's does not stop a decision
+    rates = {FALLBACK: [1000, 1010, 990], OTHER: [1200, 1190, 1210], THIRD: [10, 900, 500]}
+    assert tune.decide(rates, FALLBACK).verdict == "measured"
+
+
+def test_candidates_cover_threads_and_both_convolutions_in_both_layouts():
+    assert tune.candidates(2) == [S(t, m, c) for t in (1, 2) for m, c in ((0, 0), (1, 0), (1, 1))]
+    assert sorted({c.threads for c in tune.candidates(12)}) == [1, 2, 4, 8, 12]
+    assert all(c.mkldnn for c in tune.candidates(4) if c.channels_last)  # channels-last only with oneDNN
+
+
+def test_too_busy_cells_say_so_keep_the_fallback_and_are_measured_next_time(cache, monkeypatch, capsys):
+    """The whole command with the timing replaced by noise: nothing is decided, and it says why."""
+    measured = []
+
+    def noisy(cell, cfg, cands, block_seconds, repeats, bar):
+        measured.append(cell.batch_size)
+        return {c: [1000.0, 1600.0, 600.0] for c in cands}
+
+    monkeypatch.setattr(tune, "measure", noisy)
+    assert tune.main(["--norms", "gn,ln", "--batch-sizes", "4,64", "--seconds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "too busy to decide at 2 of 2 cells (gn bs 4, gn bs 64)" in out and "fallback kept" in out
+    cells = json.loads(perf.cache_path().read_text())["families"]["gn"]
+    assert {bs: cell["verdict"] for bs, cell in cells.items()} == {"4": "too busy", "64": "too busy"}
+    assert perf.choose(64, CPU) == perf.fallback(64, 8)
+    assert tune.main(["--norms", "gn", "--batch-sizes", "4"]) == 0  # not decided: measured again
+    assert measured == [4, 64, 4]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--norms", "gn,foo"], "--norms=gn,foo: 'foo' is unknown; allowed: none, bn, brn, gn, ln, in"),
+        (["--norms", ","], "--norms=,: '' is unknown"),
+        (["--batch-sizes", "2,0"], "--batch-sizes=2,0: comma-separated integers >= 1"),
+        (["--batch-sizes", "a"], "--batch-sizes=a: comma-separated integers >= 1"),
+        (["--seconds", "0"], "--seconds=0.0: must be a number > 0"),
+        (["--repeats", "1"], "--repeats=1: must be an integer >= 2"),
+        (["--what"], "unrecognized arguments: --what"),
+    ],
+)
+def test_bad_arguments_get_one_line_and_exit_status_2(capsys, args, says):
+    with pytest.raises(SystemExit) as done:
+        tune.main(args)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.startswith("normexp: error: ") and says in err
+    assert err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- one tiny real measurement
+
+
+def test_a_tiny_real_measurement_writes_the_cache_that_runs_then_read(tmp_path):
+    env = {**os.environ, perf.CACHE_ENV: str(tmp_path)}
+    command = [sys.executable, "-m", "normexp.tune", "--batch-sizes", "2", "--norms", "gn", "--seconds", "1",
+               "--repeats", "2"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "measuring 1 cells x" in done.stdout and "gn   bs   2" in done.stdout
+    [path] = tmp_path.iterdir()
+    content = json.loads(path.read_text())
+    assert content["schema"] == perf.CACHE_SCHEMA and set(content["families"]) == {"gn"}
+    cell = content["families"]["gn"]["2"]
+    assert cell["verdict"] in ("measured", "fallback", "too busy") and cell["work"] == "training"
+    assert len(cell["samples_per_s"]) == len(tune.candidates(perf.available_cores()))
+    assert all(len(r) == 2 and min(r) > 0 for r in cell["samples_per_s"].values())
+    code = ("import torch; from normexp import perf; "
+            "print(perf.choose(2, torch.device('cpu'), family='gn').source)")  # fmt: skip
+    ran = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert ran.stdout.strip() == path.name
+    shown = subprocess.run(command[:3] + ["--show"], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert shown.returncode == 0 and str(path) in shown.stdout and "fallback" in shown.stdout
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    # a cell the machine was too busy to decide is measured again; a decided one is kept
+    assert again.returncode == 0
+    assert ("measuring 1 cells" if cell["verdict"] == "too busy" else "nothing to measure") in again.stdout
