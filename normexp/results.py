@@ -29,7 +29,8 @@ from normexp import runfiles, sweeps
 UNFINISHED = "unfinished"
 STATUSES = ("completed", "diverged", "interrupted", UNFINISHED)
 RUN_COLUMNS = (
-    "run_dir", "job", "variant", "norm", "groups", "batch_size", "seed", "lr", "data", "status", "epochs",
+    "run_dir", "job", "variant", "norm", "groups", "batch_size", "seed", "lr", "data", "protocol", "status",
+    "epochs",
     "epochs_run", "final_val_error", "best_val_error", "diverged_epoch", "diverged_step", "diverged_loss",
 )
 EPOCH_COLUMNS = tuple(c for c in runfiles.METRIC_COLUMNS if c != "lr")  # lr is a run setting here
@@ -39,7 +40,7 @@ EPOCH_COLUMNS = tuple(c for c in runfiles.METRIC_COLUMNS if c != "lr")  # lr is 
 NOT_VARIANT_KEYS = (
     "batch_size", "train.seed", "train.epochs", "train.max_epochs_by_batch_size", "data.root",
     "data.download", "train.device", "train.resume", "train.fast", "train.threads", "train.mkldnn",
-    "train.progress", "train.eval_batch_size",
+    "train.progress", "train.eval_batch_size", *sweeps.PROTOCOLS["text"],
 )
 RUN_FILES = (runfiles.SUMMARY, runfiles.METRICS, ".hydra/config.yaml")
 
@@ -96,6 +97,8 @@ def load(paths: Iterable[str | Path], skipped: list[str] | None = None) -> pd.Da
     df = pd.concat([run["metrics"].assign(**run["settings"]) for run in runs.values()], ignore_index=True)
     configs = {run["settings"]["run_dir"]: run["config"] for run in runs.values()}
     df["variant"] = df["run_dir"].map(variants(configs))
+    if df["protocol"].nunique() > 1:  # runs of both protocols: each variant names its own
+        df["variant"] = df["variant"] + " [" + df["protocol"] + "]"
     for column in ("epoch", "step", "epochs", "epochs_run", "diverged_epoch", "diverged_step"):
         df[column] = pd.to_numeric(df[column]).astype("Int64")
     for column in ("final_val_error", "best_val_error", "diverged_loss"):
@@ -144,11 +147,12 @@ def run_settings(run_dir: Path, cfg: DictConfig, summary: dict[str, Any] | None)
     diverged = summary.get("diverged_at") or {}
     groups = cfg.norm.get("groups")
     lr, epochs = summary.get("lr"), summary.get("epochs")  # None for a run that left no summary.json
+    protocol = summary.get("protocol") or sweeps.protocol_name(sweeps.protocol_settings(cfg))
     status = summary.get("status", UNFINISHED)
     return {
         "run_dir": str(run_dir), "job": run_dir.name, "norm": cfg.norm.name,
         "groups": None if groups is None else str(groups), "batch_size": int(bs), "seed": int(cfg.train.seed),
-        "lr": None if lr is None else float(lr), "data": cfg.data.name,
+        "lr": None if lr is None else float(lr), "data": cfg.data.name, "protocol": protocol,
         "status": UNFINISHED if status == "running" else status, "epochs": epochs,
         "epochs_run": summary.get("epochs_run"), "final_val_error": summary.get("final_val_error"),
         "best_val_error": summary.get("best_val_error"), "diverged_epoch": diverged.get("epoch"),
@@ -194,7 +198,8 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     for (variant, bs), group in runs(df).groupby(["variant", "batch_size"]):
         errors = group.loc[group["status"] == "completed", "final_val_error"].astype(float)
         counts = group["status"].value_counts()
-        row = {"variant": variant, "norm": group["norm"].iloc[0], "batch_size": bs, "runs": len(group)}
+        row = {"variant": variant, "norm": group["norm"].iloc[0], "protocol": group["protocol"].iloc[0],
+               "batch_size": bs, "runs": len(group)}
         row |= {status: int(counts.get(status, 0)) for status in STATUSES}
         row |= {"final_val_error_mean": errors.mean(), "final_val_error_std": errors.std(),
                 "final_val_error_min": errors.min(), "final_val_error_max": errors.max()}

@@ -25,3 +25,27 @@ def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
     arguments = params + list(config.hydra.overrides.task)
     overrides = OverridesParser.create().parse_overrides(arguments)
     return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+# The two protocols of the writeup: its text (the learning rate scaled with the batch size, PyTorch's
+# conventions) and its code (mcn_code_sweep); the settings that tell them apart, as "key: value"
+PROTOCOLS = {
+    "text": {"optim.scaling": "linear", "optim.factors": "none", "norm.moments": "pytorch"},
+    "code": {"optim.scaling": "none", "optim.factors": "autonn", "norm.moments": "matconvnet"},
+}
+
+
+def protocol_settings(config: DictConfig | dict) -> dict[str, str]:
+    """The values of the protocol keys in a run's configuration (a norm without moving statistics counts
+    as following whichever protocol its other settings follow)."""
+    optim, norm = config["optim"], config["norm"]
+    return {"optim.scaling": optim["scaling"], "optim.factors": optim.get("factors", "none"),
+            "norm.moments": norm.get("moments")}
+
+
+def protocol_name(settings: dict[str, str | None]) -> str:
+    """"text" or "code" where the settings are one protocol's, else the settings themselves."""
+    for name, protocol in PROTOCOLS.items():
+        if all(settings[k] in (v, None) for k, v in protocol.items()):
+            return name
+    return " ".join(f"{k.split('.')[-1]}={v}" for k, v in settings.items() if v is not None)

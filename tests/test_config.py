@@ -7,18 +7,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import compose_config, run_cli_many, write_mnist
+from helpers import ROOT, compose_config, run_cli_many, write_mnist
 
 # any download attempt meets a closed port: fast, and the same with or without network
 NO_NETWORK = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}
 FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
 
+def choices(group: str) -> str:
+    return ", ".join(sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml")))
+
+
+NORMS, PRESETS = choices("norm"), choices("experiment")
 # name: (overrides, the one line expected after "normexp: error: "); {data}, {empty}: data roots; a first
 # override "-m" makes it a sweep. The tiny training split has 200 digits.
 CASES = {
-    "unknown norm": (["norm=foo"], "norm='foo': unknown; allowed: bn, brn, gn, in, ln, none"),
+    "unknown norm": (["norm=foo"], f"norm='foo': unknown; allowed: {NORMS}"),
     "unknown data": (["data=foo"], "data='foo': unknown; allowed: fashion_mnist, mnist"),
-    "unknown experiment": (["experiment=foo"], "experiment='foo': unknown; allowed: gn_groups, mcn_sweep"),
+    "unknown experiment": (["experiment=foo"], f"experiment='foo': unknown; allowed: {PRESETS}"),
     "batch_size 0": (["batch_size=0"], "batch_size=0: must be an integer >= 1"),
     "batch_size -1": (["batch_size=-1"], "batch_size=-1: must be an integer >= 1"),
     "batch_size abc": (["batch_size=abc"], "batch_size='abc': must be an integer >= 1"),
@@ -48,7 +53,7 @@ CASES = {
                                      f"expected the files {FILES}"),
     "sweep with a bad batch size": (["-m", "batch_size=4,0"], "batch_size=0: must be an integer >= 1"),
     "sweep with an unknown norm": (["-m", "norm=gn,foo"],
-                                   "norm='foo': unknown; allowed: bn, brn, gn, in, ln, none"),
+                                   f"norm='foo': unknown; allowed: {NORMS}"),
     "sweep, one job > split": (["-m", "batch_size=4,201"],
                                "batch_size=201: larger than the 200 examples of the training split"),
 }

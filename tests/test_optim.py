@@ -10,12 +10,13 @@ from omegaconf import OmegaConf
 
 from normexp import optim
 from normexp.model import LeNet
-from normexp.norm import create_norm_layer, norm_parameters
+from normexp.norm import autonn_factors, create_norm_layer, norm_parameters
 
 
 def sgd_cfg(**extra):
     base = {"name": "sgd", "lr": "auto", "auto_lr": {"with_norm": 0.01, "without_norm": 0.001},
-            "scaling": "linear", "ref_batch_size": 256, "momentum": 0.9, "weight_decay": 5e-4}
+            "scaling": "linear", "ref_batch_size": 256, "momentum": 0.9, "weight_decay": 5e-4,
+            "factors": "none"}
     return OmegaConf.create({**base, **extra})
 
 
@@ -62,3 +63,63 @@ def test_norm_scale_and_shift_get_no_weight_decay(fused):
 def test_validate(extra, line):
     assert optim.validate(sgd_cfg(**extra)) == [line]
     assert optim.validate(sgd_cfg()) == []
+
+
+def lenet(name: str) -> LeNet:
+    cfg = OmegaConf.create({"name": name, "eps": 1e-4, "momentum": 0.1, "alpha": 0.01, "groups": 2})
+    return LeNet(lambda c: create_norm_layer(cfg, c))
+
+
+def effective(opt: torch.optim.SGD) -> dict[str, tuple[float, float]]:
+    """Each parameter (by id) -> (lr, weight decay) of its group."""
+    return {id(p): (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+
+
+# (lr, weight decay) per kind of parameter: conv weight, conv bias, norm scale, norm shift (lr 0.01, wd 5e-4)
+PROTOCOLS = {
+    ("none", "bn"): [(0.01, 5e-4), (0.01, 5e-4), (0.01, 0.0), (0.01, 0.0)],
+    ("none", "gn"): [(0.01, 5e-4), (0.01, 5e-4), (0.01, 0.0), (0.01, 0.0)],
+    ("autonn", "bn"): [(0.01, 5e-4), (0.01, 0.0), (0.02, 0.0), (0.01, 0.0)],
+    ("autonn", "brn"): [(0.01, 5e-4), (0.01, 0.0), (0.02, 0.0), (0.01, 0.0)],
+    ("autonn", "gn"): [(0.01, 5e-4), (0.01, 0.0), (0.01, 5e-4), (0.01, 5e-4)],
+    ("autonn", "none"): [(0.01, 5e-4), (0.01, 0.0), None, None],
+}
+
+
+@pytest.mark.parametrize(("factors", "name"), PROTOCOLS)
+def test_each_parameter_gets_its_protocols_lr_and_weight_decay(factors, name):
+    model = lenet(name)
+    opt = optim.build(model, sgd_cfg(factors=factors), 0.01, autonn_factors(model, OmegaConf.create(
+        {"name": name})), fused=False)
+    found = effective(opt)
+    conv_w, conv_b, scale, shift = PROTOCOLS[(factors, name)]
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            assert found[id(module.weight)] == pytest.approx(conv_w) and found[id(module.bias)] == conv_b
+        elif name != "none" and hasattr(module, "weight") and module.weight is not None:
+            assert found[id(module.weight)] == pytest.approx(scale)
+            assert found[id(module.bias)] == pytest.approx(shift)
+    assert len(found) == len(list(model.parameters()))
+
+
+def test_one_autonn_sgd_step_is_the_hand_computation():
+    """m = 0.9 m - (g + wd_factor * wd * w); w = w + lr * lr_factor * m, per parameter (autonn's update)."""
+    torch.manual_seed(0)
+    model = lenet("bn").double()
+    opt = optim.build(model, sgd_cfg(factors="autonn"), 0.01, autonn_factors(model, OmegaConf.create(
+        {"name": "bn"})), fused=False)
+    factors = {id(model.features[0].weight): (1, 1), id(model.features[0].bias): (1, 0),
+               id(model.features[1].weight): (2, 0), id(model.features[1].bias): (1, 0)}
+    momentum = {k: 0.0 for k in factors}
+    for _ in range(2):
+        before = {id(p): p.detach().clone() for p in model.parameters()}
+        opt.zero_grad()
+        model(torch.randn(4, 1, 28, 28, dtype=torch.float64)).square().mean().backward()
+        grads = {id(p): p.grad.clone() for p in model.parameters()}
+        opt.step()
+        for p in (model.features[0].weight, model.features[0].bias, model.features[1].weight,
+                  model.features[1].bias):
+            lr_f, wd_f = factors[id(p)]
+            momentum[id(p)] = 0.9 * momentum[id(p)] - (grads[id(p)] + wd_f * 5e-4 * before[id(p)])
+            torch.testing.assert_close(p.detach(), before[id(p)] + 0.01 * lr_f * momentum[id(p)],
+                                       rtol=1e-12, atol=1e-15)

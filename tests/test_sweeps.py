@@ -10,7 +10,7 @@ import pytest
 from helpers import compose_config, run_cli, write_mnist
 from omegaconf import OmegaConf
 
-from normexp import config, plots, results, trainer
+from normexp import config, plots, results, sweeps, trainer
 
 GRID = ["batch_size=16,norm=bn", "batch_size=16,norm=gn", "batch_size=8,norm=bn", "batch_size=8,norm=gn"]
 
@@ -90,6 +90,8 @@ def compose_job(overrides: list[str]):
      "outputs/sweeps/mcn_sweep_"),
     ("gn_groups", {"norm.groups": "1,2,5,10,per_channel", "batch_size": "256,2", "train.seed": "0"},
      "outputs/sweeps/gn_groups_"),
+    ("mcn_code_sweep", {"norm": "none,bn,brn,gn", "batch_size": "256,128,64,32,16,4,2,1", "train.seed": "0"},
+     "outputs/sweeps/mcn_code_sweep_"),
 ])
 def test_presets_compose_and_every_job_is_valid(tmp_path, preset, params, prefix):
     data_root = write_mnist(tmp_path / "data", n_train=256, n_test=10)
@@ -101,11 +103,13 @@ def test_presets_compose_and_every_job_is_valid(tmp_path, preset, params, prefix
 
     grid = [[f"{k}={v}" for v in str(values).split(",")] for k, values in params.items()]
     jobs = list(itertools.product(*grid))
-    assert len(jobs) == {"mcn_sweep": 32, "gn_groups": 10}[preset]
+    assert len(jobs) == {"mcn_sweep": 32, "gn_groups": 10, "mcn_code_sweep": 32}[preset]
     for job in jobs:
         job_cfg = compose_job([f"experiment={preset}", *job, f"data.root={data_root}"])
         assert config.problems(job_cfg) == [], job
-        expected_epochs = 10 if preset == "mcn_sweep" and job_cfg.batch_size == 1 else 30
+        expected_epochs = 10 if preset.startswith("mcn_") and job_cfg.batch_size == 1 else 30
         assert trainer.planned_epochs(job_cfg.train, job_cfg.batch_size) == expected_epochs
         if preset == "gn_groups":
             assert job_cfg.norm.name == "gn"
+        protocol = "code" if preset == "mcn_code_sweep" else "text"
+        assert sweeps.protocol_name(sweeps.protocol_settings(job_cfg)) == protocol
