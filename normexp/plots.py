@@ -12,6 +12,7 @@ in which its training loss blew up, and its legend entry says so.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, LogFormatter, MaxNLocator, NullLocator
 
-from normexp import results
+from normexp import claims, results
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,24 @@ def ordered_variants(df: pd.DataFrame) -> list[str]:
     return results.variant_order(df["variant"], NORM_ORDER)
 
 
+PROTOCOL_LINES = {"text": "-", "code": "--"}  # where runs of both protocols are drawn together
+
+
 def variant_styles(df: pd.DataFrame) -> dict[str, Style]:
-    """The norm's style for a plain variant; the variants of one norm (group counts) get a colour ramp."""
+    """The norm's style for a plain variant; the variants of one norm (group counts) get a colour ramp;
+    with both protocols, a variant's protocol ("gn [code]") its line style."""
+    core = {v: re.sub(r" \[[^]]*\]$", "", v) for v in ordered_variants(df)}
+    styles = _core_styles(list(dict.fromkeys(core.values())))
+    found = {}
+    for variant, name in core.items():
+        protocol = variant[len(name):].strip(" []")
+        line = PROTOCOL_LINES.get(protocol, ":") if protocol else styles[name].linestyle
+        found[variant] = Style(styles[name].writeup_name, styles[name].color, styles[name].marker, line)
+    return found
+
+
+def _core_styles(variants: list[str]) -> dict[str, Style]:
     styles = {}
-    variants = ordered_variants(df)
     for name in dict.fromkeys(v.split()[0] for v in variants):
         own = [v for v in variants if v.split()[0] == name]
         base = STYLES.get(name, OTHER_STYLE)
@@ -274,7 +289,8 @@ def batch_sizes(df: pd.DataFrame) -> list[int]:
 
 def write_report(df: pd.DataFrame, out_dir: Path, fmt: str = "png", writeup_limits: bool = False
                  ) -> list[Path]:
-    """bs-<N>.<fmt> per batch size, summary.<fmt>, summary.csv and summary.md in ``out_dir``; their paths."""
+    """bs-<N>.<fmt> per batch size, summary.<fmt>, summary.csv and summary.md in ``out_dir``, and claims.md
+    (the writeup's claims, per protocol); their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for bs in batch_sizes(df):
@@ -283,7 +299,8 @@ def write_report(df: pd.DataFrame, out_dir: Path, fmt: str = "png", writeup_limi
     table = results.summary_table(df)
     table.to_csv(out_dir / "summary.csv", index=False)
     (out_dir / "summary.md").write_text(results.summary_markdown(table, NORM_ORDER))
-    return [*written, out_dir / "summary.csv", out_dir / "summary.md"]
+    (out_dir / "claims.md").write_text(claims.claims_markdown(claims.claims_table(df)))
+    return [*written, out_dir / "summary.csv", out_dir / "summary.md", out_dir / "claims.md"]
 
 
 def _save(fig: Figure, path: Path) -> Path:

@@ -98,7 +98,8 @@ def test_summary_figure_is_final_error_against_batch_size_on_a_log2_axis(sweep):
 
 def test_write_report_writes_every_file(sweep, tmp_path):
     written = plots.write_report(results.load([sweep]), tmp_path / "out")
-    assert [p.name for p in written] == ["bs-16.png", "bs-8.png", "summary.png", "summary.csv", "summary.md"]
+    assert [p.name for p in written] == ["bs-16.png", "bs-8.png", "summary.png", "summary.csv", "summary.md",
+                                            "claims.md"]
     image = matplotlib.image.imread(written[0])
     assert image.shape[:2] == (round(4.6 * 120), 11 * 120) and np.ptp(image) > 0
     pdfs = plots.write_report(results.load([sweep]), tmp_path / "pdf", fmt="pdf")
@@ -114,7 +115,7 @@ def test_script_on_a_partial_sweep_says_what_it_left_out(sweep):
     proc = plot_sweep(sweep)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in sweep.iterdir() if p.is_file()) == [
-        "bs-16.png", "bs-8.png", "summary.csv", "summary.md", "summary.png",
+        "bs-16.png", "bs-8.png", "claims.md", "summary.csv", "summary.md", "summary.png",
     ]
     lines = proc.stderr.splitlines()
     assert len(lines) == 3 and all(line.startswith("plot_sweep: ") for line in lines)

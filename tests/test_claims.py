@@ -1,0 +1,40 @@
+"""The writeup's claims decided from runs: each criterion on runs made to pass or fail it."""
+
+from __future__ import annotations
+
+import pandas as pd
+from fake_runs import make_run
+
+from normexp import claims, results
+
+CODE = ("optim.scaling=none", "optim.factors=autonn")
+
+
+def test_each_claim_is_decided_per_protocol(tmp_path):
+    s = tmp_path / "sweep"
+    for norm, err in (("none", 0.05), ("bn", 0.030), ("brn", 0.032), ("gn", 0.033)):
+        make_run(s, norm, 256, 0, (0.2, err))  # about equal: within 0.5 points
+    make_run(s, "none", 16, 0, (), status="diverged", diverged_epoch=1)
+    make_run(s, "bn", 4, 0, (0.05, 0.02, 0.09, 0.03))  # swings by 7 points in its second half: unstable
+    make_run(s, "brn", 4, 0, (0.05, 0.03, 0.03, 0.03))
+    make_run(s, "gn", 4, 0, (0.05, 0.03, 0.031, 0.03))
+    for bs in (2, 1):
+        make_run(s, "gn", bs, 0, (0.05, 0.04))
+        make_run(s, "bn", bs, 0, (0.9, 0.8))  # near chance: not converged
+        make_run(s, "brn", bs, 0, (), status="diverged", diverged_epoch=1)
+    make_run(s, "gn", 256, 0, (0.2, 0.10), extra=CODE)  # the code protocol: one run, other claims not run
+    table = claims.claims_table(results.load([s])).set_index("claim")
+    verdicts = table.map(lambda cell: cell.split(":")[0])
+    assert verdicts["text"].tolist() == ["yes", "yes", "yes", "yes"]
+    assert verdicts["code"].tolist() == ["not run"] * 4
+    assert "gn bs 256: 3.30 % (n=1)" in table.loc["bs 256: all normalizers about equal", "text"]
+    assert "brn bs 2: – % (n=1, 1 diverged)" in table.loc["bs 2 and 1: only GN converges", "text"]
+
+
+def test_criteria():
+    run = pd.Series({"status": "completed", "final": 0.03, "best": 0.02, "swing": 0.005})
+    assert claims.converges(run) and not claims.unstable(run) and not claims.diverges(run)
+    assert claims.unstable(run.copy().replace({0.005: 0.02}))  # a 2-point swing
+    assert claims.unstable(pd.Series({"status": "completed", "final": 0.05, "best": 0.02, "swing": 0.0}))
+    stuck = pd.Series({"status": "completed", "final": 0.6, "best": 0.5, "swing": 0.0})
+    assert claims.diverges(stuck) and not claims.converges(stuck)
