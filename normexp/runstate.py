@@ -20,6 +20,7 @@ class RunState:
     rows: list[dict[str, Any]] = field(default_factory=list)  # metrics of the finished epochs
     wall_seconds: float = 0.0  # of every session, up to the last reading of the clock
     epoch_seconds: float = 0.0  # training time of this epoch in earlier sessions
+    cpu_settings: dict[str, Any] = field(default_factory=dict)  # what it runs with, by "train" and "eval"
     epoch_log: EpochLog = field(default_factory=EpochLog)
 
     def new_epoch(self) -> None:
@@ -49,7 +50,8 @@ class RunState:
         optimizer.load_state_dict(checkpoint["optimizer"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
         log = EpochLog(checkpoint["epoch_losses"].to(device), checkpoint["epoch_wrong"])
-        return cls(**{key: checkpoint[key] for key in _PLAIN_KEYS}, epoch_log=log)
+        # (a checkpoint from before a key was added lacks it: the default stands in)
+        return cls(**{key: checkpoint[key] for key in _PLAIN_KEYS if key in checkpoint}, epoch_log=log)
 
 
 _PLAIN_KEYS = tuple(f.name for f in fields(RunState) if f.name != "epoch_log")

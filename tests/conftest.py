@@ -12,3 +12,10 @@ from helpers import write_mnist
 def tiny_mnist(tmp_path: Path) -> Path:
     """A data root with 200 training and 100 test digits in torchvision's MNIST layout."""
     return write_mnist(tmp_path / "data")
+
+
+@pytest.fixture(autouse=True)
+def no_measured_cpu_settings(tmp_path_factory, monkeypatch):
+    """Every test (and every CLI run it starts) sees an empty CPU-settings cache: the built-in rule, whatever
+    ``python -m normexp.tune`` measured on this machine."""
+    monkeypatch.setenv("NORMEXP_CACHE_DIR", str(tmp_path_factory.mktemp("cpu_cache")))

@@ -177,13 +177,14 @@ def test_a_real_difference_in_the_fast_path_is_caught(tiny_mnist, isolated_torch
 
 
 def test_resume_from_a_checkpoint_in_another_layout_trains_on_right(tmp_path, tiny_mnist, isolated_torch):
-    """Epoch 1 in NCHW (oneDNN off), epoch 2 resumed in channels-last: the momentum buffers follow the
+    """Epoch 1 in NCHW (oneDNN off), epoch 2 resumed in channels-last (asked for: a resumed run otherwise
+    keeps its own settings): the momentum buffers follow the
     parameters' new layout, so the run ends with the weights of an uninterrupted NCHW run (to rounding)."""
     args = ["norm=gn", "batch_size=40", "train.epochs=2"]
     (tmp_path / "resumed").mkdir()
     (tmp_path / "straight").mkdir()
     fit(compose_run(tiny_mnist, *args, "train.mkldnn=false", "train.epochs=1"), tmp_path / "resumed")
-    resumed = fit(compose_run(tiny_mnist, *args), tmp_path / "resumed")
+    resumed = fit(compose_run(tiny_mnist, *args, "train.mkldnn=true"), tmp_path / "resumed")
     assert resumed["channels_last"] and resumed["epochs_run"] == 2
     fit(compose_run(tiny_mnist, *args, "train.mkldnn=false"), tmp_path / "straight")
     weights = [runfiles.load_checkpoint(tmp_path / run)["model"] for run in ("resumed", "straight")]
