@@ -285,12 +285,12 @@ def measure_all(cells: list[Cell], seconds: float, repeats: int, path: Path, cac
                     "margin": round(decision.margin, 4), "noise": round(decision.noise, 4),
                     "fallback": label(fallback), "best": label(decision.best), "load_average": load,
                     "samples_per_s": {label(c): [round(r, 1) for r in rs] for c, rs in rates.items()},
-                }  # fmt: skip
+                }
                 cache["written"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
                 cache["measurement"] = {"seconds": seconds, "repeats": repeats,
                                         "block_seconds": round(block_seconds, 4), "cores": cores,
                                         "load_average_before": load_before,
-                                        "load_average_during": loads}  # fmt: skip
+                                        "load_average_during": loads}
                 save(path, cache)
                 bar.write(f"  {cell.name:18s} {label(decision.settings):28s} "
                           f"{describe(cache['families'][cell.family][str(cell.batch_size)])}")
@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         cache = {"schema": perf.CACHE_SCHEMA, "key": perf.cache_key(), "families": {}}
     done = cache["families"]
     todo = [c for c in cells if args.force or done.get(c.family, {}).get(str(c.batch_size), {}).get("verdict")
-            in (None, "too busy")]  # fmt: skip
+            in (None, "too busy")]
     if not todo:
         print(f"nothing to measure: {path} holds all {len(cells)} cells (--force measures again)")
     else:  # blocks as long as in a measurement of all the cells asked for

@@ -31,7 +31,7 @@ def write_cache(cells: dict[str, dict[int, S]], **changes) -> str:
     """A cache for this machine holding ``cells`` (family -> batch size -> settings); returns its name."""
     content = {"schema": perf.CACHE_SCHEMA, "key": perf.cache_key(), "families": {
         family: {str(bs): {**s.as_dict(), "verdict": "measured"} for bs, s in by_size.items()}
-        for family, by_size in cells.items()}, **changes}  # fmt: skip
+        for family, by_size in cells.items()}, **changes}
     tune.save(perf.cache_path(), content)
     return perf.cache_path().name
 
@@ -42,7 +42,7 @@ def write_cache(cells: dict[str, dict[int, S]], **changes) -> str:
 def test_settings_round_trip_through_a_dict_and_their_source_is_not_part_of_equality():
     settings = S(3, True, True, source="cpu-settings-0123.json")
     assert settings.as_dict() == {"threads": 3, "mkldnn": True, "channels_last": True,
-                                  "source": "cpu-settings-0123.json"}  # fmt: skip
+                                  "source": "cpu-settings-0123.json"}
     back = S.from_dict(json.loads(json.dumps(settings.as_dict())))
     assert back == settings and back.source == settings.source
     assert S(3, True, True) == settings and hash(S(3, True, True)) == hash(settings)
@@ -54,7 +54,7 @@ def test_settings_round_trip_through_a_dict_and_their_source_is_not_part_of_equa
 
 def test_measured_settings_round_trip_through_the_cache(cache):
     name = write_cache({"gn": {64: S(4, False, False), 256: S(8, True, True)},
-                        "bn": {64: S(8, True, False)}})  # fmt: skip
+                        "bn": {64: S(8, True, False)}})
     assert perf.cache_path().parent == cache and name.startswith("cpu-settings-")
     chosen = perf.choose(64, CPU, family="gn")
     assert chosen == S(4, False, False) and chosen.source == name
@@ -192,7 +192,7 @@ FALLBACK, OTHER, THIRD = S(2, False, False), S(1, False, False), S(2, True, True
 
 def test_a_clear_win_departs_from_the_fallback():
     rates = {FALLBACK: [1000, 1010, 990, 1005, 995], OTHER: [1200, 1190, 1210, 1205, 1195],
-             THIRD: [900, 905, 895, 910, 890]}  # fmt: skip
+             THIRD: [900, 905, 895, 910, 890]}
     decision = tune.decide(rates, FALLBACK)
     assert decision.settings == OTHER and decision.verdict == "measured"
     assert decision.margin == pytest.approx(0.2) and decision.noise == pytest.approx(0.01)
@@ -276,7 +276,7 @@ def test_bad_arguments_get_one_line_and_exit_status_2(capsys, args, says):
 def test_a_tiny_real_measurement_writes_the_cache_that_runs_then_read(tmp_path):
     env = {**os.environ, perf.CACHE_ENV: str(tmp_path)}
     command = [sys.executable, "-m", "normexp.tune", "--batch-sizes", "2", "--norms", "gn", "--seconds", "1",
-               "--repeats", "2"]  # fmt: skip
+               "--repeats", "2"]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "measuring 1 cells x" in done.stdout and "gn   bs   2" in done.stdout
@@ -288,7 +288,7 @@ def test_a_tiny_real_measurement_writes_the_cache_that_runs_then_read(tmp_path):
     assert len(cell["samples_per_s"]) == len(tune.candidates(perf.available_cores()))
     assert all(len(r) == 2 and min(r) > 0 for r in cell["samples_per_s"].values())
     code = ("import torch; from normexp import perf; "
-            "print(perf.choose(2, torch.device('cpu'), family='gn').source)")  # fmt: skip
+            "print(perf.choose(2, torch.device('cpu'), family='gn').source)")
     ran = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert ran.stdout.strip() == path.name
     shown = subprocess.run(command[:3] + ["--show"], env=env, cwd=ROOT, capture_output=True, text=True)
