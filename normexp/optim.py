@@ -69,3 +69,14 @@ def validate(cfg: DictConfig) -> list[str]:
         *validation.choice("optim.factors", cfg.factors, FACTORS),
         *validation.integer("optim.ref_batch_size", cfg.ref_batch_size, 1),
     ]
+
+
+def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Lays each optimizer state tensor (momentum) out like its parameter, e.g. after loading a checkpoint
+    written under another layout: the fused update walks parameter, gradient and state as flat arrays."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param).copy_(value)

@@ -26,7 +26,8 @@ saves; from 16 on the native ones fall behind. Channels-last (NHWC) lets oneDNN 
 batch norm's CPU kernels and the pooling layers lose some of it again: it pays from batch size 64 on. A second
 thread pays from batch size 2 on (at 1 it wins or loses by 15-20 % from one measurement to the next, so one
 thread, which cannot stall on a busy sibling core); but two jobs side by side, one core each, use the machine
-better than one job on two threads, so "auto" gives each job its share of the cores (see ``parallel_jobs``).
+better than one job on two threads, so "auto" gives each job its share of the cores
+(``launchers.parallel_jobs`` counts the jobs).
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ import math
 import os
 import platform
 import re
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,39 +223,6 @@ def nearest(batch_size: int, measured: list[int] | set[int] | dict[int, Any]) ->
     return min(measured, key=lambda b: (abs(math.log2(b) - math.log2(batch_size)), b))
 
 
-def peak_rss_mb() -> float:
-    """This process's largest resident set so far, in MB: Linux's VmHWM, or getrusage's maxrss elsewhere
-    (on Linux a child's maxrss also counts the resident set its parent had when it forked)."""
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        import resource
-
-        per_mb = 2**20 if sys.platform == "darwin" else 2**10  # macOS reports bytes, others kilobytes
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / per_mb
-
-
-def parallel_jobs() -> int:
-    """How many jobs of this sweep the launcher runs at once on this machine (1 outside a sweep)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        launcher = HydraConfig.get().launcher
-    except (ImportError, ValueError):
-        return 1
-    target = str(launcher.get("_target_", ""))
-    if "joblib" in target.lower():
-        n_jobs = launcher.get("n_jobs", -1)
-        return available_cores() if n_jobs is None or n_jobs < 1 else n_jobs
-    if "LocalLauncher" in target:
-        # submitit's local launcher starts every job of the sweep at once: the box is shared by as many jobs
-        # as it has cores, or by as many as fit when each asks for cpus_per_task
-        cpus = launcher.get("cpus_per_task")
-        return max(1, available_cores() // cpus) if cpus else available_cores()
-    return 1
-
-
 def fallback(batch_size: int, cores: int) -> CpuSettings:
     """The built-in rule on CPU, for a job with ``cores`` cores to itself (used without a measurement)."""
     return CpuSettings(
@@ -305,14 +272,3 @@ def apply(settings: CpuSettings) -> None:
     """Sets the process-wide parts (threads, oneDNN); the layout is applied to the model by its owner."""
     torch.set_num_threads(settings.threads)
     torch.backends.mkldnn.enabled = settings.mkldnn
-
-
-def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
-    """Lays each optimizer state tensor (momentum) out like its parameter, e.g. after loading a checkpoint
-    written under another layout: the fused update walks parameter, gradient and state as flat arrays."""
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            state = optimizer.state.get(param, {})
-            for key, value in state.items():
-                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
-                    state[key] = torch.empty_like(param).copy_(value)

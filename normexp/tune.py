@@ -103,15 +103,10 @@ def candidates(cores: int) -> list[perf.CpuSettings]:
 
 def loop_pieces() -> tuple[Any, Any]:
     """The trainer's ``set_up`` and the module holding its step loop (``train_steps``, ``EpochLog``,
-    ``steps_per_sync``, ``evaluate``): ``normexp.trainer`` and ``normexp.steps``, or ``normexp.train``."""
-    try:
-        from normexp import steps, trainer
+    ``steps_per_sync``, ``evaluate``)."""
+    from normexp import steps, trainer
 
-        return trainer.set_up, steps
-    except ImportError:
-        from normexp import train
-
-        return train.set_up, train
+    return trainer.set_up, steps
 
 
 @dataclass
@@ -383,18 +378,8 @@ def int_list(text: str) -> list[int]:
     return values
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m normexp.tune", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--norms", help="comma-separated; one norm per kernel family is measured, for all "
-                        "the norms of that family (bn for brn too, gn for ln and in; default: the sweep's)")
-    parser.add_argument("--batch-sizes", help="comma-separated (default: the sweep's, and "
-                        "train.eval_batch_size, which is measured as evaluation)")
-    parser.add_argument("--seconds", type=float, default=180.0,
-                        help="about how long the whole measurement takes (default 180)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed blocks per candidate (default 5)")
-    parser.add_argument("--force", action="store_true", help="measure again what is already measured")
-    parser.add_argument("--show", action="store_true", help="print what is measured for this machine; stop")
-    args = parser.parse_args(argv)
+def checked_arguments(parser: Parser, args: argparse.Namespace) -> tuple[list[int] | None, list[str] | None]:
+    """The batch sizes and norms asked for (None: the sweep's); one line and exit 2 for a bad argument."""
     try:
         sizes = int_list(args.batch_sizes) if args.batch_sizes is not None else None
     except ValueError:
@@ -407,7 +392,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seconds={args.seconds}: must be a number > 0")
     if args.repeats < 2:
         parser.error(f"--repeats={args.repeats}: must be an integer >= 2 (the noise is their spread)")
+    return sizes, norms
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(prog="python -m normexp.tune", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--norms", help="comma-separated; one norm per kernel family is measured, for all "
+                        "the norms of that family (bn for brn too, gn for ln and in; default: the sweep's)")
+    parser.add_argument("--batch-sizes", help="comma-separated (default: the sweep's, and "
+                        "train.eval_batch_size, which is measured as evaluation)")
+    parser.add_argument("--seconds", type=float, default=180.0,
+                        help="about how long the whole measurement takes (default 180)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed blocks per candidate (default 5)")
+    parser.add_argument("--force", action="store_true", help="measure again what is already measured")
+    parser.add_argument("--show", action="store_true", help="print what is measured for this machine; stop")
+    args = parser.parse_args(argv)
+    sizes, norms = checked_arguments(parser, args)
     path = perf.cache_path()
     cache = existing(path)
     if args.show:

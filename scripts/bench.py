@@ -43,7 +43,7 @@ import torch.nn.functional as F  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from normexp import data, norm, optim, perf, runfiles, trainer  # noqa: E402
+from normexp import data, memory, norm, optim, perf, runfiles, trainer  # noqa: E402
 from normexp.model import LeNet  # noqa: E402
 from normexp.runstate import RunState  # noqa: E402
 from normexp.trainer import Trainer  # noqa: E402
@@ -148,7 +148,8 @@ class ReferenceLoop:
             loader_kwargs.update(num_workers=1, pin_memory=True)
         self.loader = torch.utils.data.DataLoader(dataset, **loader_kwargs)
         self.batches = iter(self.loader)
-        self.model = LeNet(partial(norm.create_norm_layer, cfg.norm)).to(self.device)
+        self.model = LeNet(partial(norm.create_norm_layer, cfg.norm), conv_weight=norm.conv_weight(cfg.norm),
+                           activation=norm.activation(cfg.norm)).to(self.device)
         lr = optim.learning_rate(cfg.optim, cfg.batch_size, norm.is_normalized(cfg.norm))
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=cfg.optim.momentum,
                                          weight_decay=cfg.optim.weight_decay)
@@ -251,7 +252,7 @@ def probe(norm_name: str, batch_size: int, args: argparse.Namespace, data_root: 
         "eval_seconds": eval_seconds, "test_size": len(loop.setup.test_set),
         "train_size": len(loop.setup.train_set),
         "checkpoint_seconds": save_seconds, "startup_seconds": startup,
-        "peak_rss_mb": perf.peak_rss_mb(),
+        "peak_rss_mb": memory.peak_rss_mb(),
         "settings": asdict(loop.setup.cpu),
     }  # fmt: skip
 

@@ -123,3 +123,20 @@ def test_one_autonn_sgd_step_is_the_hand_computation():
             momentum[id(p)] = 0.9 * momentum[id(p)] - (grads[id(p)] + wd_f * 5e-4 * before[id(p)])
             torch.testing.assert_close(p.detach(), before[id(p)] + 0.01 * lr_f * momentum[id(p)],
                                        rtol=1e-12, atol=1e-15)
+
+
+def test_momentum_in_another_layout_is_relaid_so_the_fused_step_stays_right():
+    torch.manual_seed(0)
+    weight = torch.randn(50, 20, 5, 5)
+    grad, momentum = torch.randn_like(weight), torch.randn_like(weight)
+    results = []
+    for fused, layout in ((False, torch.contiguous_format), (True, torch.channels_last)):
+        param = weight.clone().to(memory_format=layout).requires_grad_()
+        param.grad = grad.clone().to(memory_format=layout)
+        optimizer = torch.optim.SGD([param], lr=0.1, momentum=0.9, fused=fused or None)
+        optimizer.state[param]["momentum_buffer"] = momentum.clone()  # NCHW, as from an NCHW checkpoint
+        optim.match_state_layout(optimizer)
+        assert optimizer.state[param]["momentum_buffer"].stride() == param.stride()
+        optimizer.step()
+        results.append(param.detach().contiguous())
+    torch.testing.assert_close(results[0], results[1])

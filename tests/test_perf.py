@@ -4,8 +4,6 @@ against the plain one for every norm; and the rule that picks threads, oneDNN an
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -239,70 +237,6 @@ def test_explicit_settings_win_and_channels_last_follows_onednn():
     assert perf.choose(256, torch.device("cuda")).channels_last is False  # the layout rule is CPU-only
 
 
-def test_outside_a_sweep_one_job_runs():
-    assert perf.parallel_jobs() == 1
-
-
-@pytest.mark.parametrize(
-    ("launcher", "jobs"),
-    [
-        ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": -1}, 8),
-        ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 3}, 3),
-        ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"}, 8),
-        ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
-          "cpus_per_task": 2}, 4),
-        ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"}, 1),
-        ({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, 1),
-    ],
-)
-def test_jobs_sharing_the_box_follow_the_launcher(monkeypatch, launcher, jobs):
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
-
-    monkeypatch.setattr(perf, "available_cores", lambda: 8)
-    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: OmegaConf.create({"launcher": launcher})))
-    assert perf.parallel_jobs() == jobs
-
-
 def test_apply_sets_threads_and_onednn(isolated_torch):
     perf.apply(perf.CpuSettings(threads=1, mkldnn=False))
     assert torch.get_num_threads() == 1 and torch.backends.mkldnn.enabled is False
-
-
-def test_momentum_in_another_layout_is_relaid_so_the_fused_step_stays_right():
-    torch.manual_seed(0)
-    weight = torch.randn(50, 20, 5, 5)
-    grad, momentum = torch.randn_like(weight), torch.randn_like(weight)
-    results = []
-    for fused, layout in ((False, torch.contiguous_format), (True, torch.channels_last)):
-        param = weight.clone().to(memory_format=layout).requires_grad_()
-        param.grad = grad.clone().to(memory_format=layout)
-        optimizer = torch.optim.SGD([param], lr=0.1, momentum=0.9, fused=fused or None)
-        optimizer.state[param]["momentum_buffer"] = momentum.clone()  # NCHW, as from an NCHW checkpoint
-        perf.match_state_layout(optimizer)
-        assert optimizer.state[param]["momentum_buffer"].stride() == param.stride()
-        optimizer.step()
-        results.append(param.detach().contiguous())
-    torch.testing.assert_close(results[0], results[1])
-
-
-def test_peak_rss_is_this_processs_high_water_mark():
-    code = ("import torch; from normexp import perf; before = perf.peak_rss_mb(); "
-            "block = torch.ones(2**26); print(before, perf.peak_rss_mb())")  # 256 MB touched
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    before, after = map(float, done.stdout.split())
-    assert 0 < before < after and after - before >= 240
-
-
-def test_peak_rss_without_proc_falls_back_to_getrusage(monkeypatch):
-    real_open = open
-
-    def no_proc(path, *args, **kwargs):
-        if str(path).startswith("/proc/"):
-            raise OSError("no /proc here")
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr("builtins.open", no_proc)
-    fallback = perf.peak_rss_mb()
-    monkeypatch.undo()
-    assert 0.5 * perf.peak_rss_mb() < fallback < 2 * perf.peak_rss_mb() + 100  # MB either way, not KB or GB
