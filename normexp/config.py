@@ -13,7 +13,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from normexp import data, norm, optim, sweeps, trainer
+from normexp import data, logger, norm, optim, sweeps, trainer
 from normexp.model import LeNet
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -24,6 +24,7 @@ def problems(cfg: DictConfig, fetch: bool = False) -> list[str]:
     With ``fetch``, missing data is downloaded (where ``data.download`` allows) once everything else is valid,
     so that the batch size can be checked against the training split."""
     found = norm.validate(cfg.norm, LeNet.CHANNELS) + optim.validate(cfg.optim) + trainer.validate(cfg.train)
+    found += logger.validate(cfg.get("logger"))
     bs = cfg.batch_size
     if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
         found.append(f"batch_size={bs!r}: must be an integer >= 1")

@@ -41,6 +41,7 @@ NOT_VARIANT_KEYS = (
     "batch_size", "train.seed", "train.epochs", "train.max_epochs_by_batch_size", "data.root",
     "data.download", "train.device", "train.resume", "train.fast", "train.threads", "train.mkldnn",
     "train.progress", "train.eval_batch_size", *sweeps.PROTOCOLS["text"],
+    "logger.name", "logger.flush_secs", "logger.hparams",
 )
 RUN_FILES = (runfiles.SUMMARY, runfiles.METRICS, ".hydra/config.yaml")
 

@@ -30,8 +30,12 @@ def main(cfg: DictConfig) -> None:
     try:
         outcome = Trainer(cfg, run_dir).fit()
     except data.DataError as err:
+        log.error("failed: %s", err)  # the last line of the run's train.log, for normexp.status
         print(f"normexp: error: {err}", file=sys.stderr)
         sys.exit(1)
+    except Exception as err:
+        log.error("failed: %s: %s", type(err).__name__, err)
+        raise
     result = outcome.summary
     if outcome.status == "completed" and result["final_val_error"] is not None:
         log.info("completed: final val error %.4f (best %.4f at epoch %d)", result["final_val_error"],

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from normexp import data, norm, optim, perf, runfiles, steps, validation
+from normexp import data, logger, norm, optim, perf, runfiles, steps, validation
 from normexp.model import LeNet
 from normexp.runstate import RunState
 
@@ -131,6 +131,7 @@ class Trainer:
         self.jobs = perf.parallel_jobs() if jobs is None else jobs
         self.show_bar = sys.stderr.isatty() if self.tc.progress == "auto" else bool(self.tc.progress)
         self.setup: Setup | None = None
+        self.logger = logger.build(cfg.get("logger"), run_dir)  # besides metrics.csv: none, or TensorBoard
         self._clock = time.perf_counter()
 
     def fit(self) -> Outcome:
@@ -169,7 +170,7 @@ class Trainer:
             perf.match_state_layout(s.optimizer)  # the checkpoint may come from another memory layout
             log.info("resuming %s at epoch %d, batch %d", self.run_dir, state.epoch + 1, state.batch)
         self._clock = time.perf_counter()  # the wall time counts training, not the set-up
-        self._summary("running", state)
+        self.logger.start(self._summary("running", state), state.rows)
         return state
 
     def train_epoch(self, state: RunState, stop: steps.StopSignal) -> Outcome | None:
@@ -218,7 +219,10 @@ class Trainer:
         taken = steps.train_steps(s.model, s.optimizer, s.train_set, chunk, state.epoch_log,
                                   s.cpu.memory_format, first, before_step, stop)
         state.step, state.batch = first + taken, state.batch + taken
-        return state.epoch_log.flush(self.tc.max_loss, first + 1, state.epoch + 1)
+        divergence = state.epoch_log.flush(self.tc.max_loss, first + 1, state.epoch + 1)
+        if divergence is None:
+            self.logger.sync(state.step, state.epoch_log.running_loss)
+        return divergence
 
     def _follow_schedule(self, epoch: int, step: int) -> None:
         """The norm's scheduled values for the step after ``step`` steps, during epoch ``epoch`` (from 0)."""
@@ -245,6 +249,7 @@ class Trainer:
                  self.epochs, train_loss, train_error, val_loss, val_error, seconds)
         state.new_epoch()
         self._save(state)
+        self.logger.epoch(state.rows)
 
     def _diverged(self, state: RunState, divergence: steps.Divergence) -> Outcome:
         """The run ends as a result: steps after the bad one in its chunk ran on an already blown-up model."""
@@ -264,7 +269,9 @@ class Trainer:
         return outcome
 
     def _end(self, status: str, state: RunState, signum: int | None = None, **extra: Any) -> Outcome:
-        return Outcome(status, self._summary(status, state, **extra), signum)
+        summary = self._summary(status, state, **extra)
+        self.logger.end(status, summary)
+        return Outcome(status, summary, signum)
 
     def _tick(self, state: RunState) -> None:
         """Adds the time since the last reading of the clock to the run's wall time."""

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "normexp"
 # each module may import only modules of earlier layers
 LAYERS = [
     {"validation", "runfiles", "sweeps"},
-    {"data", "model", "norm", "optim", "perf", "results"},
+    {"data", "model", "norm", "optim", "perf", "results", "status", "logger"},
     {"steps", "plots"},
     {"runstate"},
     {"trainer"},
@@ -55,7 +55,7 @@ def test_no_function_is_longer_than_a_screen():
 
 
 def test_reading_results_imports_no_torch_and_the_cli_module_runs_once():
-    code = "import normexp.results, normexp.plots, sys; print('torch' in sys.modules)"
+    code = "import normexp.results, normexp.plots, normexp.status, sys; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
     # a module run with -m must not be imported again under its own name (two copies of its classes)

@@ -1,0 +1,579 @@
+"""Where a sweep stands and when it will finish, read from its folders only (no daemon, no database, no
+torch).
+
+    python -m normexp.status                       # the newest sweep under outputs/sweeps/
+    python -m normexp.status SWEEP [SWEEP ...] [--watch N] [--json] [--stall-after SECONDS]
+
+One row per job of the sweep, in the order the launcher starts them, including jobs not started yet: their
+list is Hydra's basic sweeper's expansion of the sweep's ``multirun.yaml`` (``sweeps.sweep_jobs``) and each
+job's folder is named as Hydra names it (``hydra.sweep.subdir``, by default the job's override_dirname).
+
+A job is ``pending`` (no folder yet), ``running``, ``stalled`` (its summary.json says running, or it has none
+yet, but nothing in its folder was written for longer than ``--stall-after`` seconds and three of its
+epochs: the process was killed, by SIGKILL, the OOM killer or a lost node, or hangs; run the sweep again to
+resume it), ``completed``, ``diverged``, ``interrupted`` (stopped by a signal, checkpoint saved), ``failed``
+(the last line of its train.log is an error: normexp.train logs one for any exception) or ``unreadable`` (a
+file that does not parse; the note names it). Only files written atomically are read, so a run writing
+while this reads is seen before or after the write, never half-way.
+
+The ETA: each run's epoch time is measured in the sweep itself (the ``seconds`` column of metrics.csv, under
+the load the sweep puts on the machine); a job not measured yet takes the median of the runs with the same
+norm and batch size, else the same batch size, else the nearest measured batch size. A job's time outside its
+epochs (start-up, data, checkpoints) is the median of the completed ones. The remaining jobs are then
+scheduled as the launcher will: in order, each on the first of its parallel slots to come free (joblib's
+``n_jobs``, one for the basic launcher, every job at once for submitit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import heapq
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import textwrap
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from normexp import runfiles, sweeps
+
+STATUSES = ("pending", "running", "stalled", "completed", "diverged", "interrupted", "failed", "unreadable")
+FINAL = ("completed", "diverged", "interrupted")
+SWEEPS_ROOT = Path("outputs/sweeps")
+STALL_AFTER = 300.0  # seconds without a write before a running job may count as stalled ...
+STALL_EPOCHS = 3.0  # ... and at least this many of its epochs
+TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}(-\d{6})?")
+READ_ERRORS = (OSError, ValueError, TypeError, KeyError, csv.Error, yaml.YAMLError, OmegaConfBaseException)
+WIDTH = 110  # the footer's lines are wrapped at this width
+COLUMNS = ("norm", "bs", "seed", "status", "epochs", "val err", "samples/s", "last write", "ETA", "note")
+
+
+@dataclass
+class Job:
+    """One job of a sweep: what the sweep planned, and what its folder says."""
+
+    name: str  # its folder's name
+    norm: str | None = None
+    variant: str | None = None  # the norm, with the other settings the sweep varies (e.g. "gn groups=5")
+    batch_size: int | None = None
+    seed: int | None = None
+    status: str = "pending"
+    epochs_run: int | None = None
+    epochs: int | None = None  # planned
+    val_error: float | None = None  # of its last finished epoch
+    samples_per_s: float | None = None  # of its last finished epoch
+    age_s: float | None = None  # since anything in its folder was last written
+    epoch_s: float | None = None  # its mean epoch time (training and validation)
+    in_epoch_s: float = 0.0  # since its current epoch (or session) began
+    overhead_s: float | None = None  # its time outside epochs (a completed run)
+    eta_s: float | None = None  # until it ends
+    planned: bool = True  # one of multirun.yaml's jobs
+    note: str = ""
+
+
+@dataclass
+class Sweep:
+    path: str
+    jobs: list[Job]
+    now: float
+    slots: int | None = None
+    slots_how: str = ""
+    eta_s: float | None = None
+    eta_how: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {s: n for s in STATUSES if (n := sum(j.status == s for j in self.jobs))}
+
+
+# --- the sweep's plan: multirun.yaml ---
+
+def parse(overrides: list[str]) -> dict[str, Any]:
+    """Each override's key (or group) and value, as Hydra parses them."""
+    return {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(overrides)}
+
+
+def job_dir_name(config: DictConfig, overrides: list[str], num: int) -> str:
+    """The folder Hydra gives the job ``num`` of the sweep with these overrides (``hydra.sweep.subdir``)."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+
+    od = config.hydra.job.config.override_dirname
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    name = get_overrides_dirname(parsed, list(od.exclude_keys), od.item_sep, od.kv_sep)
+    subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
+    if subdir in (None, "${hydra.job.override_dirname}"):
+        return name
+    try:  # another subdir pattern, such as Hydra's default ${hydra.job.num}
+        job = OmegaConf.merge(config, {"hydra": {"job": {"override_dirname": name, "num": num}}})
+        return str(OmegaConf.select(job, "hydra.sweep.subdir", throw_on_resolution_failure=True))
+    except OmegaConfBaseException:
+        return name
+
+
+def planned_epochs(epochs: Any, caps: Any, batch_size: Any) -> int | None:
+    """``train.epochs`` capped by ``train.max_epochs_by_batch_size``, as the trainer plans them."""
+    if not isinstance(epochs, int):
+        return None
+    caps = OmegaConf.to_container(caps) if OmegaConf.is_config(caps) else caps
+    cap = caps.get(batch_size) if isinstance(caps, dict) else None
+    return epochs if cap is None else min(epochs, cap)
+
+
+def planned_jobs(config: DictConfig) -> list[Job] | None:
+    """Every job of the sweep in ``config`` (a multirun.yaml) in launch order; None for a sweeper whose jobs
+    cannot be listed up front."""
+    jobs = sweeps.sweep_jobs(config)
+    if jobs is None:
+        return None
+    values = [parse(job) for job in jobs]
+    keys = {k for v in values for k in v}
+    varying = sorted(k for k in keys - {"norm", "batch_size", "train.seed"}
+                     if len({json.dumps(v.get(k), default=str) for v in values}) > 1)
+    planned = []
+    for num, (job, v) in enumerate(zip(jobs, values, strict=True)):
+        def get(key: str, v=v) -> Any:
+            return v[key] if key in v else OmegaConf.select(config, key, default=None)
+
+        norm, bs = v.get("norm", get("norm.name")), get("batch_size")
+        variant = " ".join([str(norm), *(f"{k.removeprefix('norm.')}={v[k]}" for k in varying if k in v)])
+        epochs = planned_epochs(get("train.epochs"), get("train.max_epochs_by_batch_size"), bs)
+        planned.append(Job(job_dir_name(config, job, num), str(norm), variant, bs, get("train.seed"),
+                           epochs=epochs))
+    return planned
+
+
+# --- one job's folder ---
+
+def last_write(run_dir: Path) -> float:
+    """The newest modification time in the folder (its files, temporary ones included, and .hydra/)."""
+    newest = run_dir.stat().st_mtime
+    for folder in (run_dir, run_dir / ".hydra"):
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                newest = max(newest, entry.stat().st_mtime)
+            except OSError:  # a temporary file renamed or removed since the listing
+                pass
+    return newest
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float | None]]:
+    path = run_dir / runfiles.METRICS
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not {"epoch", "val_error", "seconds"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"header {reader.fieldnames} lacks epoch, val_error or seconds")
+        return [{k: float(v) if v not in ("", None) else None for k, v in row.items()} for row in reader]
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    summary = runfiles.read_summary(run_dir)
+    if summary is not None and not isinstance(summary, dict):
+        raise ValueError(f"a {type(summary).__name__}, not an object")
+    return summary
+
+
+def log_error(run_dir: Path) -> str | None:
+    """The last line of train.log where it is an error record (the job died of it), else None."""
+    logs = sorted(run_dir.glob("*.log"))
+    if not logs:
+        return None
+    with open(logs[0], "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+        lines = f.read().decode(errors="replace").splitlines()
+    records = [line for line in lines if line.startswith("[")]
+    return records[-1] if records and "][ERROR] - " in records[-1] else None
+
+
+def read_job(job: Job, run_dir: Path, now: float) -> Job:
+    """``job`` as its folder shows it (a provisional "running" for a job not finished)."""
+    if not run_dir.is_dir():
+        return job
+    job.age_s = max(0.0, now - last_write(run_dir))
+    job.status = "running"
+    try:
+        summary = read_summary(run_dir)
+    except READ_ERRORS as err:
+        job.status, job.note = "unreadable", f"{runfiles.SUMMARY}: {type(err).__name__}: {err}"
+        return job
+    try:
+        rows = read_metrics(run_dir)
+    except READ_ERRORS as err:
+        job.status, job.note = "unreadable", f"{runfiles.METRICS}: {type(err).__name__}: {err}"
+        return job
+    try:
+        _fill(job, run_dir, summary or {}, rows, now)
+    except READ_ERRORS as err:
+        job.status, job.note = "unreadable", f"{runfiles.SUMMARY}: unexpected content ({err!r})"
+    return job
+
+
+def _fill(job: Job, run_dir: Path, summary: dict[str, Any], rows: list[dict], now: float) -> None:
+    status = summary.get("status")
+    job.epochs_run, job.epochs = len(rows), _typed(summary, "epochs", int, job.epochs)
+    if status == "diverged":
+        job.epochs_run = _typed(summary, "epochs_run", int, len(rows))
+    if rows:
+        job.val_error, job.samples_per_s = rows[-1]["val_error"], rows[-1].get("samples_per_s")
+        seconds = [r["seconds"] for r in rows if r["seconds"] is not None]
+        job.epoch_s = sum(seconds) / len(seconds) if seconds else None
+    for key, kind in (("norm", str), ("batch_size", int), ("seed", int)):
+        if getattr(job, key) is None:
+            setattr(job, key, _typed(summary, key, kind, None))
+    job.variant = job.variant or job.norm
+    if status in FINAL:
+        job.status = status
+        if status == "completed":
+            job.overhead_s = _overhead(run_dir, rows)
+    elif status not in (None, "running"):
+        raise ValueError(f"unknown status {status!r}")
+    elif (error := log_error(run_dir)) is not None:
+        job.status, job.note = "failed", error.split("] - ", 1)[-1][:120]
+    else:
+        started = [p.stat().st_mtime for p in (run_dir / runfiles.SUMMARY, run_dir / runfiles.METRICS)
+                   if p.is_file()]
+        job.in_epoch_s = max(0.0, now - max(started)) if started else 0.0
+        job.note = "" if status else "setting up: no summary.json yet"
+
+
+def _typed(summary: dict[str, Any], key: str, kind: type, default: Any) -> Any:
+    value = summary.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"{key}={value!r}: not a {kind.__name__}")
+    return value
+
+
+def _overhead(run_dir: Path, rows: list[dict]) -> float | None:
+    """A completed job's time outside its epochs, from the job's start (Hydra writes .hydra/config.yaml) to
+    its end (summary.json); None where the run took more than one session."""
+    try:
+        start = (run_dir / ".hydra" / "config.yaml").stat().st_mtime
+        end = (run_dir / runfiles.SUMMARY).stat().st_mtime
+    except OSError:
+        return None
+    overhead = end - start - sum(r["seconds"] or 0.0 for r in rows)
+    return overhead if overhead >= 0 else None
+
+
+def read_extra(run_dir: Path, now: float) -> Job:
+    """A job folder that multirun.yaml does not list (an earlier run of the sweep with other settings)."""
+    job = Job(run_dir.name, planned=False)
+    try:
+        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        job.norm, job.batch_size = OmegaConf.select(cfg, "norm.name"), OmegaConf.select(cfg, "batch_size")
+        job.seed = OmegaConf.select(cfg, "train.seed")
+    except READ_ERRORS:
+        pass  # summary.json may say
+    job = read_job(job, run_dir, now)
+    job.note = job.note or "not one of multirun.yaml's jobs"
+    return job
+
+
+# --- the estimate ---
+
+def epoch_estimate(measured: list[Job], norm: str | None, batch_size: int | None) -> float | None:
+    """A job's epoch time from the jobs measured: same norm and batch size, else same batch size, else the
+    nearest measured batch size (log scale); None before any epoch of the sweep has ended."""
+    if not measured:
+        return None
+    for same_norm in (True, False):
+        found = [j.epoch_s for j in measured
+                 if j.batch_size == batch_size and (j.norm == norm or not same_norm)]
+        if found:
+            return statistics.median(found)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        return statistics.median(j.epoch_s for j in measured)
+    sizes = {j.batch_size for j in measured if isinstance(j.batch_size, int) and j.batch_size >= 1}
+    if not sizes:
+        return statistics.median(j.epoch_s for j in measured)
+    nearest = min(sizes, key=lambda b: (abs(math.log2(b) - math.log2(batch_size)), -b))
+    same_norm = [j.epoch_s for j in measured if j.batch_size == nearest and j.norm == norm]
+    return statistics.median(same_norm or [j.epoch_s for j in measured if j.batch_size == nearest])
+
+
+def schedule(running: list[float], pending: list[float], slots: int) -> list[float]:
+    """When each pending job ends (seconds from now) if each, in order, takes the first slot to come free;
+    ``running`` are the times left of the jobs running now (each holds a slot)."""
+    free = sorted(running) + [0.0] * max(0, slots - len(running))
+    heapq.heapify(free)
+    ends = []
+    for duration in pending:
+        end = heapq.heappop(free) + duration
+        heapq.heappush(free, end)
+        ends.append(end)
+    return ends
+
+
+def mark_stalled(jobs: list[Job], measured: list[Job], stall_after: float) -> None:
+    for job in jobs:
+        if job.status != "running" or job.age_s is None:
+            continue
+        epoch = job.epoch_s or epoch_estimate(measured, job.norm, job.batch_size) or 0.0
+        limit = max(stall_after, STALL_EPOCHS * epoch)
+        if job.age_s > limit:
+            job.status = "stalled"
+            job.note = f"nothing written for {duration(job.age_s)}: killed or hung (run the sweep again)"
+
+
+def estimate(sweep: Sweep, stall_after: float) -> None:
+    """Marks stalled jobs, then each job's ETA and the sweep's (``schedule`` on the launcher's slots)."""
+    measured = [j for j in sweep.jobs if j.epoch_s]
+    mark_stalled(sweep.jobs, measured, stall_after)
+    overheads = [j.overhead_s for j in sweep.jobs if j.overhead_s is not None]
+    overhead = statistics.median(overheads) if overheads else 0.0
+    running, pending = [], []
+    if not any(j.status in ("running", "pending") for j in sweep.jobs):
+        sweep.eta_how = "no job is running or pending"
+        return
+    for job in sweep.jobs:
+        if job.status not in ("running", "pending"):
+            continue
+        epoch = job.epoch_s or epoch_estimate(measured, job.norm, job.batch_size)
+        if epoch is None or job.epochs is None:
+            sweep.eta_how = "no epoch of this sweep has ended yet: no ETA"
+            return
+        if job.status == "running":
+            left = (job.epochs - (job.epochs_run or 0)) * epoch - job.in_epoch_s
+            job.eta_s = max(left, 0.0)
+            running.append(job.eta_s)
+        else:
+            pending.append((job, overhead + job.epochs * epoch))
+    slots = max(sweep.slots or len(running) or 1, len(running))
+    for (job, _), end in zip(pending, schedule(running, [d for _, d in pending], slots), strict=True):
+        job.eta_s = end
+    sweep.eta_s = max([j.eta_s for j in sweep.jobs if j.status in ("running", "pending")], default=0.0)
+    sweep.eta_how = _eta_how(sweep, measured, overheads, slots, len(running))
+
+
+def _eta_how(sweep: Sweep, measured: list[Job], overheads: list[float], slots: int, running: int) -> str:
+    epochs = sum(j.epochs_run or 0 for j in measured)
+    how = (f"{slots} at once ({sweep.slots_how}); epoch times measured in this sweep ({epochs} epochs of "
+           f"{len(measured)} runs; a run not measured yet: same norm and batch size, else same batch size, "
+           "else the nearest one); start-up and checkpoints ")
+    how += (f"{statistics.median(overheads):.1f} s per job (median of {len(overheads)})" if overheads
+            else "not measured yet")
+    if not running and any(j.status == "pending" for j in sweep.jobs):
+        newest = min((j.age_s for j in sweep.jobs if j.age_s is not None), default=None)
+        idle = "no job has started yet" if newest is None else f"nothing written for {duration(newest)}"
+        how = f"no job is running ({idle}): if the sweep is still going, " + how
+    return how
+
+
+# --- a sweep ---
+
+def launcher_slots(launcher: DictConfig | None, n_jobs: int) -> tuple[int | None, str]:
+    """How many jobs the sweep's launcher (multirun.yaml's hydra.launcher) runs at once, and why."""
+    target = str((launcher or {}).get("_target_", ""))
+    if target.endswith("BasicLauncher"):
+        return 1, "the basic launcher runs one job at a time"
+    if "joblib" in target.lower():
+        n, cores = launcher.get("n_jobs", -1), available_cores()
+        if isinstance(n, int) and n > 0:
+            return n, f"joblib n_jobs={n}"
+        n = -1 if not isinstance(n, int) or n == 0 else n
+        return max(1, cores + 1 + n), f"joblib n_jobs={n}: from the {cores} cores of this machine"
+    if target.endswith("LocalLauncher"):
+        return max(n_jobs, 1), "submitit_local starts every job at once"
+    if target.endswith("SlurmLauncher"):
+        p = launcher.get("array_parallelism", 256)
+        p = p if isinstance(p, int) and p > 0 else 256
+        return min(p, max(n_jobs, 1)), f"submitit_slurm array_parallelism={p}: at most, as the cluster allows"
+    return None, f"launcher {target or 'unknown'}: parallelism unknown, taken as the jobs running now"
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def is_run_dir(path: Path) -> bool:
+    return any((path / name).exists() for name in (".hydra", runfiles.SUMMARY, runfiles.METRICS))
+
+
+def load_plan(path: Path, sweep: Sweep) -> list[Job] | None:
+    """The jobs multirun.yaml plans (with the launcher's slots set on ``sweep``), or None with a note."""
+    record = path / "multirun.yaml"
+    if not record.is_file():
+        sweep.notes.append("no multirun.yaml: only the jobs that have a folder are shown")
+        return None
+    try:
+        config = OmegaConf.load(record)
+        plan = planned_jobs(config)
+    except (*READ_ERRORS, HydraException) as err:
+        sweep.notes.append(f"multirun.yaml unreadable ({type(err).__name__}: {err}): only the jobs that have "
+                           "a folder are shown")
+        return None
+    if plan is None:
+        sweep.notes.append("not Hydra's basic sweeper: its jobs cannot be listed up front; only the jobs "
+                           "that have a folder are shown")
+        return None
+    sweep.slots, sweep.slots_how = launcher_slots(config.hydra.get("launcher"), len(plan))
+    return plan
+
+
+def read_sweep(path: Path, stall_after: float = STALL_AFTER, now: float | None = None) -> Sweep:
+    """The status of every job of the sweep in ``path`` (or of the one run, for a run folder)."""
+    now = time.time() if now is None else now
+    sweep = Sweep(str(path), [], now)
+    if is_run_dir(path):
+        sweep.jobs = [read_extra(path, now)]
+        sweep.jobs[0].note = sweep.jobs[0].note.replace("not one of multirun.yaml's jobs", "")
+    else:
+        plan = load_plan(path, sweep)
+        names = set()
+        for job in plan or []:
+            sweep.jobs.append(read_job(job, path / job.name, now))
+            names.add(job.name)
+        for run_dir in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if run_dir.name not in names and (plan is None or is_run_dir(run_dir)):
+                sweep.jobs.append(read_extra(run_dir, now))
+    if sweep.slots is None:
+        sweep.slots_how = sweep.slots_how or "parallelism unknown, taken as the jobs running now"
+    estimate(sweep, stall_after)
+    return sweep
+
+
+def newest_sweep(root: Path = SWEEPS_ROOT) -> Path | None:
+    """The sweep folder under ``root`` started last (by the time in its name, else its multirun.yaml's)."""
+    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")] if root.is_dir() else []
+
+    def started(p: Path) -> tuple:
+        stamp = TIMESTAMP.search(p.name)
+        record = p / "multirun.yaml"
+        return (stamp.group(0) if stamp else "", record.stat().st_mtime if record.is_file() else 0.0)
+
+    return max(found, key=started, default=None)
+
+
+# --- output ---
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _cells(job: Job) -> list[str]:
+    done = "-" if job.epochs_run is None else str(job.epochs_run)
+    epochs = f"{done}/{job.epochs if job.epochs is not None else '?'}"
+    waiting = job.status in ("running", "pending")
+    return [
+        job.variant or job.norm or "?", "?" if job.batch_size is None else str(job.batch_size),
+        "?" if job.seed is None else str(job.seed), job.status, epochs,
+        "" if job.val_error is None else f"{job.val_error:.4f}",
+        "" if job.samples_per_s is None else f"{job.samples_per_s:.0f}",
+        "" if job.age_s is None else f"{duration(job.age_s)} ago",
+        (duration(job.eta_s) if job.eta_s is not None else "?") if waiting else "", job.note,
+    ]
+
+
+def render(sweep: Sweep) -> str:
+    """The table, then the counts and the ETA."""
+    rows = [list(COLUMNS), *(_cells(j) for j in sweep.jobs)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS) - 1)]
+    when = datetime.fromtimestamp(sweep.now)
+    lines = [f"sweep {sweep.path}: {len(sweep.jobs)} jobs, {when:%Y-%m-%d %H:%M:%S}"]
+    for r in rows:
+        cells = [c.ljust(w) if i in (0, 3) else c.rjust(w) for i, (c, w) in enumerate(zip(r[:-1], widths,
+                                                                                         strict=True))]
+        lines.append("  ".join([*cells, r[-1]]).rstrip())
+    lines.append(", ".join(f"{n} {s}" for s, n in sweep.counts().items()) or "no jobs")
+    footer = [sweep.eta_how] if sweep.eta_how else []
+    if sweep.eta_s is not None:
+        at = datetime.fromtimestamp(sweep.now + sweep.eta_s)
+        footer = [f"ETA {duration(sweep.eta_s)} (about {at:%H:%M:%S}): {sweep.eta_how}"]
+    wrapped = [textwrap.fill(line, WIDTH, subsequent_indent="  ") for line in [*footer, *sweep.notes]]
+    return "\n".join([*lines, *wrapped]) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    """JSON's own types: a NaN or infinite float (a diverged loss) as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def as_json(sweep: Sweep) -> dict[str, Any]:
+    data = _finite(asdict(sweep))
+    data["counts"] = sweep.counts()
+    eta_at = None if sweep.eta_s is None else datetime.fromtimestamp(sweep.now + sweep.eta_s)
+    data["eta_at"] = None if eta_at is None else eta_at.isoformat()
+    data["time"] = datetime.fromtimestamp(sweep.now).isoformat()
+    return data
+
+
+def show(paths: list[Path], as_data: bool, stall_after: float) -> str:
+    sweeps_ = [read_sweep(p, stall_after) for p in paths]
+    if as_data:
+        return json.dumps([as_json(s) for s in sweeps_] if len(paths) > 1 else as_json(sweeps_[0]),
+                          allow_nan=False, default=str) + "\n"
+    return "\n".join(render(s) for s in sweeps_)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m normexp.status", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweeps", nargs="*", type=Path, metavar="SWEEP",
+                        help=f"sweep folders (default: the newest under {SWEEPS_ROOT}/)")
+    parser.add_argument("--watch", type=float, metavar="N", help="redraw every N seconds (Ctrl-C stops)")
+    parser.add_argument("--json", action="store_true",
+                        help="machine-readable (one object per line with --watch)")
+    parser.add_argument("--stall-after", type=float, default=STALL_AFTER, metavar="SECONDS",
+                        help=f"a running job silent this long (and for {STALL_EPOCHS:g} epochs) is stalled "
+                             f"(default {STALL_AFTER:g})")
+    args = parser.parse_args(argv)
+    paths = args.sweeps or [newest_sweep()]
+    if paths == [None]:
+        print(f"normexp: error: no sweep under {SWEEPS_ROOT}/; give a sweep folder", file=sys.stderr)
+        return 2
+    missing = [p for p in paths if not p.is_dir()]
+    if missing:
+        print(f"normexp: error: {missing[0]}: no such folder", file=sys.stderr)
+        return 2
+    if args.watch is not None and args.watch <= 0:
+        parser.error("--watch N: N must be > 0")
+    try:
+        while True:
+            text = show(paths, args.json, args.stall_after)
+            if args.watch is not None and not args.json and sys.stdout.isatty():
+                text = "\x1b[H\x1b[2J" + text  # clear the screen, then redraw
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            if args.watch is None:
+                return 0
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
