@@ -7,37 +7,67 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-NormLayer = Callable[[int], nn.Module]
+NormLayer = Callable[[int], nn.Module]  # channel count -> layer
+WeightFunction = Callable[[Tensor], Tensor]  # a convolution's weight -> the weight it convolves with
 
 
-class WholeInputConv2d(nn.Conv2d):
+def relu(num_channels: int) -> nn.Module:
+    return nn.ReLU(inplace=True)
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` that convolves with ``weight_fn(weight)`` where a weight function is given, computed on
+    every call with the gradient through it (e.g. weight standardisation); without one, ``nn.Conv2d``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
+                 weight_fn: WeightFunction | None = None) -> None:
+        super().__init__(in_channels, out_channels, kernel_size)
+        self.weight_fn = weight_fn
+
+    def conv_weight(self) -> Tensor:
+        return self.weight if self.weight_fn is None else self.weight_fn(self.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.conv_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.weight_fn is None else f", weight_fn={self.weight_fn!r}")
+
+
+class WholeInputConv2d(Conv2d):
     """A convolution whose kernel covers its whole input (here 4x4 on 4x4): a single output position, so a
     single matrix product. PyTorch's native CPU convolution (used up to batch size 8) handles it example by
     example, re-writing the whole 1.6 MB weight gradient for each: 1.2-1.7x slower at batch sizes 1-4
     (measured). Other layouts (channels-last for oneDNN) take the ordinary convolution."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-2:] == self.kernel_size and x.is_contiguous() and self.weight.is_contiguous():
-            return F.linear(x.flatten(1), self.weight.flatten(1), self.bias)[:, :, None, None]
-        return super().forward(x)
+        weight = self.conv_weight()
+        if x.shape[-2:] == self.kernel_size and x.is_contiguous() and weight.is_contiguous():
+            return F.linear(x.flatten(1), weight.flatten(1), self.bias)[:, :, None, None]
+        return self._conv_forward(x, weight, self.bias)
 
 
 class LeNet(nn.Module):
     """conv5x5(20)-norm-pool-conv5x5(50)-norm-pool-conv4x4(500)-norm-relu-conv1x1(10) on 28x28 digits.
 
     As in mcnGroupNorm's ``mnist_feat_norm.m``: no ReLU after the first two convolutions, conv weights drawn
-    from N(0, 0.01^2) and biases set to zero.
+    from N(0, 0.01^2) and biases set to zero. What a norm may ask of the network: ``conv_weight``, a function
+    the three convolutions before the norm layers apply to their weights on every call (not the 1x1
+    classifier), and ``activation``, the layer in place of the ReLU, by channel count (for a norm layer that
+    brings its own nonlinearity).
     """
 
     CHANNELS = (20, 50, 500)
 
-    def __init__(self, norm_layer: NormLayer, num_classes: int = 10, init_std: float = 0.01) -> None:
+    def __init__(self, norm_layer: NormLayer, num_classes: int = 10, init_std: float = 0.01, *,
+                 conv_weight: WeightFunction | None = None, activation: NormLayer | None = None) -> None:
         super().__init__()
         c1, c2, c3 = self.CHANNELS
+        activation = activation or relu
         self.features = nn.Sequential(
-            nn.Conv2d(1, c1, 5), norm_layer(c1), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 5), norm_layer(c2), nn.MaxPool2d(2),
-            WholeInputConv2d(c2, c3, 4), norm_layer(c3), nn.ReLU(inplace=True),
+            Conv2d(1, c1, 5, conv_weight), norm_layer(c1), nn.MaxPool2d(2),
+            Conv2d(c1, c2, 5, conv_weight), norm_layer(c2), nn.MaxPool2d(2),
+            WholeInputConv2d(c2, c3, 4, conv_weight), norm_layer(c3), activation(c3),
             nn.Conv2d(c3, num_classes, 1),
         )
         for module in self.modules():

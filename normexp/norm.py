@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from normexp import validation
+from normexp import layers, validation
 
 PER_CHANNEL = "per_channel"
 
@@ -93,6 +95,40 @@ class BatchNorm2d(nn.BatchNorm2d):
         )
 
 
+class MomentBatchNorm2d(nn.Module):
+    """Batch normalization with MatConvNet's moments (``norm.moments: matconvnet``), as the writeup's code
+    keeps them: a moving mean and a moving sigma, sigma_B = sqrt(biased batch variance + eps), both starting
+    at 0 and averaged as m <- (1 - momentum) m + momentum * batch value; at evaluation
+    y = gamma (x - mu) / sigma + beta, with no further eps. Training output is batch norm's."""
+
+    def __init__(self, num_features: int, eps: float = 1e-4, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_std", torch.zeros(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return _moving_statistics_norm(x, self.weight, self.bias, self.running_mean, self.running_std)
+        with torch.no_grad():
+            _, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, self.eps)
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_std.lerp_(invstd.reciprocal_(), self.momentum)
+        return batch_norm_train(x, self.weight, self.bias, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, moments=matconvnet"
+
+
+def _moving_statistics_norm(x, weight, bias, mean, std) -> torch.Tensor:
+    """gamma (x - mean) / std + beta per channel, as one fused multiply-add."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    scale = weight / std
+    return torch.addcmul((bias - mean * scale).view(shape), x, scale.view(shape))
+
+
 class BatchRenorm2d(nn.Module):
     """Batch renormalization (Ioffe 2017) for (N, C) and (N, C, H, W) inputs.
 
@@ -102,7 +138,9 @@ class BatchRenorm2d(nn.Module):
     follow mu += alpha (mu_B - mu), sigma += alpha (sigma_B - sigma). Eval: y = gamma (x - mu) / sigma + beta.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-4, alpha: float = 0.01) -> None:
+    def __init__(
+        self, num_features: int, eps: float = 1e-4, alpha: float = 0.01, initial_std: float = 1.0
+    ) -> None:
         super().__init__()
         self.num_features = num_features
         self.eps = eps
@@ -112,22 +150,24 @@ class BatchRenorm2d(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_features))
         self.bias = nn.Parameter(torch.zeros(num_features))
         self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_std", torch.ones(num_features))
+        # 1 in PyTorch's convention; the writeup's code starts it at 0 (r and d are clipped at first then)
+        self.register_buffer("running_std", torch.full((num_features,), float(initial_std)))
 
     def set_limits(self, r_max: float, d_max: float) -> None:
         self.r_max, self.d_max = float(r_max), float(d_max)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (x.dim() - 2)
         if not self.training:
-            scale = self.weight / self.running_std
-            return torch.addcmul((self.bias - self.running_mean * scale).view(shape), x, scale.view(shape))
+            return _moving_statistics_norm(x, self.weight, self.bias, self.running_mean, self.running_std)
         with torch.no_grad():
             # the batch statistics from batch norm's own kernel: 2-3x faster on CPU than torch.var_mean
             _, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, self.eps)
             std = invstd.reciprocal_()  # sqrt(biased batch variance + eps)
             r = (std / self.running_std).clamp_(1.0 / self.r_max, self.r_max)
-            d = ((mean - self.running_mean) / self.running_std).clamp_(-self.d_max, self.d_max)
+            # 0 / 0 (a moving std still at its initial 0, before the first step, in the warm-up where
+            # d_max = 0) counts as 0
+            d = ((mean - self.running_mean) / self.running_std).nan_to_num_(0.0)
+            d.clamp_(-self.d_max, self.d_max)
             self.running_mean.lerp_(mean, self.alpha)
             self.running_std.lerp_(std, self.alpha)
         # gamma * (x_hat_B * r + d) + beta is batch norm with scale gamma * r and shift gamma * d + beta,
@@ -161,19 +201,38 @@ def set_renorm_limits(model: nn.Module, r_max: float, d_max: float) -> None:
             module.set_limits(r_max, d_max)
 
 
-@dataclass(frozen=True)
+MOMENTS = ("pytorch", "matconvnet")
+
+
+@dataclass
 class RenormSchedule:
-    """Batch renorm's (r_max, d_max) as a schedule the trainer follows without knowing what it sets."""
+    """Batch renorm's (r_max, d_max) as a schedule the trainer follows without knowing what it sets.
+
+    With ``norm.moments: matconvnet`` the epochs of the schedule are counted as the writeup's code counts
+    them: the count goes up at the batch that holds training image 1 (index 0), not at the epoch's start.
+    """
 
     cfg: DictConfig
+    first_image_step: int = 0  # step number (from 1) of the batch holding image 0 in the current epoch
 
     @property
     def per_step(self) -> bool:
         """Whether the values may change within an epoch (else only at its start)."""
-        return self.cfg.schedule.unit == "step"
+        return self.cfg.schedule.unit == "step" or self._counts_first_image
+
+    @property
+    def _counts_first_image(self) -> bool:
+        return self.cfg.get("moments", "pytorch") == "matconvnet"
+
+    def begin_epoch(self, first_step: int, batches: list[torch.Tensor]) -> None:
+        """An epoch starts at step number ``first_step`` (from 1) with these index batches."""
+        holds_first = next(i for i, idx in enumerate(batches) if bool((idx == 0).any()))
+        self.first_image_step = first_step + holds_first
 
     def values(self, epoch: int, step: int) -> dict[str, float]:
         """The values during epoch number ``epoch`` and step number ``step`` (both from 1), by metric name."""
+        if self._counts_first_image and step < self.first_image_step:
+            epoch -= 1  # this epoch's count starts with image 0
         r_max, d_max = renorm_limits(self.cfg, epoch, step)
         return {"r_max": r_max, "d_max": d_max}
 
@@ -194,6 +253,17 @@ def _eps_checks(cfg: DictConfig, channel_counts: Sequence[int]) -> list[str]:
 
 def _bn_checks(cfg: DictConfig, channel_counts: Sequence[int]) -> list[str]:
     return _eps_checks(cfg, channel_counts) + validation.number("norm.momentum", cfg.momentum, 0, 1)
+
+
+def _batch_norm(cfg: DictConfig, num_channels: int) -> nn.Module:
+    if cfg.get("moments") == "matconvnet":
+        return MomentBatchNorm2d(num_channels, eps=cfg.eps, momentum=cfg.momentum)
+    return BatchNorm2d(num_channels, eps=cfg.eps, momentum=cfg.momentum)
+
+
+def _batch_renorm(cfg: DictConfig, num_channels: int) -> nn.Module:
+    initial_std = 0.0 if cfg.get("moments") == "matconvnet" else 1.0
+    return BatchRenorm2d(num_channels, eps=cfg.eps, alpha=cfg.alpha, initial_std=initial_std)
 
 
 def _brn_checks(cfg: DictConfig, channel_counts: Sequence[int]) -> list[str]:
@@ -224,11 +294,46 @@ def _gn_checks(cfg: DictConfig, channel_counts: Sequence[int]) -> list[str]:
 
 
 def _group_norm(groups: Callable[[DictConfig, int], int]) -> Callable[[DictConfig, int], nn.Module]:
-    return lambda cfg, c: nn.GroupNorm(groups(cfg, c), c, eps=cfg.eps)
+    return lambda cfg, c: layers.GroupNorm(groups(cfg, c), c, eps=cfg.eps)
 
 
 def _gn_groups(cfg: DictConfig, num_channels: int) -> int:
     return num_channels if cfg.groups == PER_CHANNEL else int(cfg.groups)
+
+
+TLU_PLACES = ("relu", "every")  # norm.tlu: where the LeNet has its ReLU (in its place), or after every FRN
+
+
+def _frn_checks(cfg: DictConfig, channel_counts: Sequence[int]) -> list[str]:
+    return [
+        *_eps_checks(cfg, channel_counts),
+        *validation.boolean("norm.learn_eps", cfg.learn_eps),
+        *validation.choice("norm.tlu", cfg.tlu, TLU_PLACES),
+    ]
+
+
+def _frn(cfg: DictConfig, num_channels: int) -> nn.Module:
+    return layers.FilterResponseNorm2d(num_channels, eps=cfg.eps, learn_eps=cfg.learn_eps,
+                                       tlu=cfg.tlu == "every")
+
+
+def _frn_activation(cfg: DictConfig, num_channels: int) -> nn.Module:
+    """In place of the LeNet's ReLU: the TLU of FRN+TLU, or nothing where every FRN layer has its own."""
+    return layers.TLU(num_channels) if cfg.tlu == "relu" else nn.Identity()
+
+
+def _ws_gn_checks(cfg: DictConfig, channel_counts: Sequence[int]) -> list[str]:
+    return _gn_checks(cfg, channel_counts) + validation.number("norm.ws_eps", cfg.ws_eps, 0, low_open=True)
+
+
+def _custom_checks(cfg: DictConfig, channel_counts: Sequence[int]) -> list[str]:
+    return layers.custom_problems(cfg.target, cfg.kwargs, channel_counts)
+
+
+# autonn's vl_nnbnorm: scale learns 2x as fast, neither scale nor shift is decayed (mcnExtraLayers' BRN: same)
+BN_AUTONN_FACTORS = {"weight": (2.0, 0.0), "bias": (1.0, 0.0)}
+# autonn has no FRN, EvoNorm or layer of the user's own: every parameter of theirs is a plain one
+PLAIN_AUTONN_FACTORS: dict[str, tuple[float, float]] = defaultdict(lambda: (1.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -241,26 +346,47 @@ class NormSpec:
     checks: Callable[[DictConfig, Sequence[int]], list[str]] = _no_checks  # (cfg, channel counts) -> problems
     schedule: Callable[[DictConfig], RenormSchedule] | None = None  # values the trainer sets as training goes
     kernels: str = "none"  # which CPU kernels it runs: norms with the same kernels share CPU settings
+    # what it needs of the network: a function the convolutions apply to their weights, from the config
+    conv_weight: Callable[[DictConfig], Callable[[torch.Tensor], torch.Tensor]] | None = None
+    # (cfg, num_channels) -> the layer in place of the ReLU after the third norm, for a layer that brings
+    # its own nonlinearity; None keeps the ReLU
+    activation: Callable[[DictConfig, int], nn.Module] | None = None
+    # (lr factor, weight-decay factor) of its parameters by name under ``optim.factors: autonn``; autonn's
+    # defaults for a plain parameter, which GN's scale and shift are
+    autonn_factors: dict[str, tuple[float, float]] = field(
+        default_factory=lambda: {"weight": (1.0, 1.0), "bias": (1.0, 1.0)}
+    )
 
 
 REGISTRY: dict[str, NormSpec] = {
     "none": NormSpec(build=lambda cfg, c: nn.Identity()),
     "bn": NormSpec(
-        build=lambda cfg, c: BatchNorm2d(c, eps=cfg.eps, momentum=cfg.momentum),
-        layer_types=(nn.modules.batchnorm._NormBase,),
+        build=_batch_norm,
+        layer_types=(nn.modules.batchnorm._NormBase, MomentBatchNorm2d),
         checks=_bn_checks,
         kernels="bn",
+        autonn_factors=BN_AUTONN_FACTORS,
     ),
     "brn": NormSpec(
-        build=lambda cfg, c: BatchRenorm2d(c, eps=cfg.eps, alpha=cfg.alpha),
+        build=_batch_renorm,
         layer_types=(BatchRenorm2d,),
         checks=_brn_checks,
         schedule=RenormSchedule,
         kernels="bn",
+        autonn_factors=BN_AUTONN_FACTORS,
     ),
     "gn": NormSpec(_group_norm(_gn_groups), (nn.GroupNorm,), _gn_checks, kernels="gn"),
     "ln": NormSpec(_group_norm(lambda cfg, c: 1), (nn.GroupNorm,), _eps_checks, kernels="gn"),
     "in": NormSpec(_group_norm(lambda cfg, c: c), (nn.GroupNorm,), _eps_checks, kernels="gn"),
+    "frn": NormSpec(_frn, (layers.FilterResponseNorm2d, layers.TLU), _frn_checks, kernels="elementwise",
+                    activation=_frn_activation, autonn_factors=PLAIN_AUTONN_FACTORS),
+    "ws_gn": NormSpec(_group_norm(_gn_groups), (nn.GroupNorm,), _ws_gn_checks, kernels="gn",
+                      conv_weight=lambda cfg: layers.StandardizedWeight(cfg.ws_eps)),
+    "evonorm_s0": NormSpec(lambda cfg, c: layers.EvoNormS0(c, _gn_groups(cfg, c), eps=cfg.eps),
+                           (layers.EvoNormS0,), _gn_checks, kernels="elementwise",
+                           activation=lambda cfg, c: nn.Identity(), autonn_factors=PLAIN_AUTONN_FACTORS),
+    "custom": NormSpec(lambda cfg, c: layers.build_custom(cfg.target, cfg.kwargs, c), (layers.CustomNorm,),
+                       _custom_checks, kernels="custom", autonn_factors=PLAIN_AUTONN_FACTORS),
 }
 NORM_NAMES = tuple(REGISTRY)
 
@@ -285,14 +411,37 @@ def schedule(cfg: DictConfig) -> RenormSchedule | None:
     return None if make is None else make(cfg)
 
 
+def conv_weight(cfg: DictConfig) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The function the LeNet's convolutions apply to their weights for this norm, or None."""
+    make = REGISTRY[cfg.name].conv_weight
+    return None if make is None else make(cfg)
+
+
+def activation(cfg: DictConfig) -> Callable[[int], nn.Module] | None:
+    """The layer in place of the LeNet's ReLU for this norm (by channel count), or None: the ReLU."""
+    make = REGISTRY[cfg.name].activation
+    return None if make is None else partial(make, cfg)
+
+
 def norm_parameters(model: nn.Module) -> set[nn.Parameter]:
     """Scale and shift of every normalization layer (these get no weight decay)."""
     types = tuple(t for spec in REGISTRY.values() for t in spec.layer_types)
     return {p for m in model.modules() if isinstance(m, types) for p in m.parameters(recurse=False)}
 
 
+def autonn_factors(model: nn.Module, cfg: DictConfig) -> dict[nn.Parameter, tuple[float, float]]:
+    """Each parameter of the model's normalization layers with its (lr, weight-decay) factors as autonn
+    declares them for this norm."""
+    spec = REGISTRY[cfg.name]
+    types = tuple(t for s in REGISTRY.values() for t in s.layer_types)
+    return {p: spec.autonn_factors[name] for m in model.modules() if isinstance(m, types)
+            for name, p in m.named_parameters(recurse=False)}
+
+
 def validate(cfg: DictConfig, channel_counts: Sequence[int]) -> list[str]:
     """Problems with ``conf/norm`` values, one line each, empty when all is well."""
     if cfg.name not in REGISTRY:
         return validation.choice("norm.name", cfg.name, NORM_NAMES, unknown=True)
-    return REGISTRY[cfg.name].checks(cfg, channel_counts)
+    # norm.moments is in the YAML of the norms with moving statistics; a preset may set it for every norm
+    moments = validation.choice("norm.moments", cfg.moments, MOMENTS) if "moments" in cfg else []
+    return REGISTRY[cfg.name].checks(cfg, channel_counts) + moments

@@ -13,6 +13,7 @@ in which its training loss blew up, and its legend entry says so.
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +45,15 @@ STYLES = {
     "gn": Style("GNORM", "#EDB120", "+", "-"),
     "ln": Style(None, "#77AC30", "x", "-."),
     "in": Style(None, "#4DBEEE", "s", ":"),
+    "frn": Style(None, "#A2142F", "d", "-"),
+    "ws_gn": Style(None, "#8C564B", "^", "--"),
+    "evonorm_s0": Style(None, "#E377C2", "v", "-."),
+    "custom": Style(None, "#17BECF", "*", ":"),
 }
-OTHER_STYLE = Style(None, "#A2142F", "d", "-")
+# a norm without a style of its own (a name of the user's, ``norm.name`` set by hand) still gets a line:
+# a colour and marker picked from its name, the same in every figure
+OTHER_COLORS = ("#7F7F7F", "#BCBD22", "#1F77B4", "#2CA02C", "#9467BD", "#FF7F0E", "#393B79", "#637939")
+OTHER_MARKERS = ("P", "X", "h", "p", "<", ">")
 NORM_ORDER = tuple(STYLES)
 DIVERGED_COLOR = "red"
 FORMATS = ("png", "pdf")
@@ -88,7 +96,7 @@ def _core_styles(variants: list[str]) -> dict[str, Style]:
     styles = {}
     for name in dict.fromkeys(v.split()[0] for v in variants):
         own = [v for v in variants if v.split()[0] == name]
-        base = STYLES.get(name, OTHER_STYLE)
+        base = style_of(name)
         if own == [name]:
             styles[name] = base
             continue
@@ -96,6 +104,15 @@ def _core_styles(variants: list[str]) -> dict[str, Style]:
         for v, c in zip(own, colors, strict=True):
             styles[v] = Style(base.writeup_name, _hex(c), base.marker, base.linestyle)
     return styles
+
+
+def style_of(name: str) -> Style:
+    """The norm's style, or for a name without one a style chosen by the name's checksum."""
+    if name in STYLES:
+        return STYLES[name]
+    pick = zlib.crc32(name.encode())
+    return Style(None, OTHER_COLORS[pick % len(OTHER_COLORS)],
+                 OTHER_MARKERS[pick // len(OTHER_COLORS) % len(OTHER_MARKERS)], "-")
 
 
 def _hex(rgba) -> str:

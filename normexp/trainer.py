@@ -75,7 +75,8 @@ def set_up(cfg: DictConfig, jobs: int) -> Setup:
     perf.apply(cpu)
     torch.manual_seed(tc.seed)
     train_set, test_set = data.load(cfg.data, device)
-    model = LeNet(partial(norm.create_norm_layer, cfg.norm)).to(device, memory_format=cpu.memory_format)
+    model = LeNet(partial(norm.create_norm_layer, cfg.norm), conv_weight=norm.conv_weight(cfg.norm),
+                  activation=norm.activation(cfg.norm)).to(device, memory_format=cpu.memory_format)
     lr = optim.learning_rate(cfg.optim, cfg.batch_size, norm.is_normalized(cfg.norm))
     optimizer = optim.build(model, cfg.optim, lr, norm.norm_parameters(model), fused=tc.fast)
     return Setup(device, cpu, eval_cpu, train_set, test_set, model, optimizer, lr)

@@ -42,6 +42,22 @@ CASES = {
     "brn r_max < 1": (["norm=brn", "norm.r_max=0.5"], "norm.r_max=0.5: must be a number >= 1"),
     "brn d_max < 0": (["norm=brn", "norm.d_max=-1"], "norm.d_max=-1: must be a number >= 0"),
     "brn r_max a bool": (["norm=brn", "norm.r_max=true"], "norm.r_max=True: must be a number >= 1"),
+    "frn eps 0": (["norm=frn", "norm.eps=0"], "norm.eps=0: must be a number > 0"),
+    "frn tlu": (["norm=frn", "norm.tlu=first"], "norm.tlu='first': allowed: relu, every"),
+    "frn learn_eps": (["norm=frn", "norm.learn_eps=maybe"], "norm.learn_eps='maybe': must be true or false"),
+    "ws_gn ws_eps < 0": (["norm=ws_gn", "norm.ws_eps=-1"], "norm.ws_eps=-1: must be a number > 0"),
+    "evonorm_s0 groups 3": (["norm=evonorm_s0", "norm.groups=3"],
+                            "norm.groups=3: must divide every layer's channel count (20, 50, 500)"),
+    "custom without target": (["norm=custom"], "norm.target=None: must be the import path of a "
+                              "torch.nn.Module class, e.g. mypkg.layers.MyNorm"),
+    "custom target not importing": (["norm=custom", "norm.target=nopkg.layers.MyNorm"],
+                                    "norm.target='nopkg.layers.MyNorm': does not import (ImportError: Error "
+                                    "loading 'nopkg.layers.MyNorm': ModuleNotFoundError(\"No module named "
+                                    "'nopkg'\") Are you sure that module 'nopkg' is installed?)"),
+    "custom wrong signature": (["norm=custom", "norm.target=torch.nn.ReLU", "+norm.kwargs.inplace=true"],
+                               "norm.target='torch.nn.ReLU': cannot be built as torch.nn.ReLU(num_channels="
+                               "20, **norm.kwargs): it must accept num_channels (TypeError: ReLU.__init__() "
+                               "got an unexpected keyword argument 'num_channels')"),
     "cuda without gpu": (["train.device=cuda"],
                          "train.device='cuda': no CUDA device is available here; allowed: auto, cpu"),
     "data missing, no download": (["data.root={empty}", "data.download=false"],

@@ -11,7 +11,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "normexp"
 # each module may import only modules of earlier layers
 LAYERS = [
-    {"validation", "runfiles", "sweeps"},
+    {"validation", "runfiles", "sweeps", "layers"},
     {"data", "model", "norm", "optim", "perf", "results", "status", "logger"},
     {"steps", "plots"},
     {"runstate"},

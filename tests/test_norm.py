@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
+from normexp.layers import TLU, EvoNormS0, FilterResponseNorm2d, GroupNorm, StandardizedWeight
+from normexp.model import LeNet
 from normexp.norm import (
     NORM_NAMES,
     BatchNorm2d,
     BatchRenorm2d,
+    MomentBatchNorm2d,
+    RenormSchedule,
+    activation,
     batch_norm_train,
+    conv_weight,
     create_norm_layer,
     norm_parameters,
     renorm_limits,
@@ -33,6 +41,10 @@ def norm_cfg(name: str, **extra):
         "gn": {"eps": EPS, "groups": 2},
         "ln": {"eps": EPS},
         "in": {"eps": EPS},
+        "frn": {"eps": 1e-6, "learn_eps": True, "tlu": "relu"},
+        "ws_gn": {"eps": EPS, "groups": 2, "ws_eps": 1e-6},
+        "evonorm_s0": {"eps": 1e-5, "groups": 2},
+        "custom": {"target": "torch.nn.GroupNorm", "kwargs": {"num_groups": 2}},
     }[name]
     return OmegaConf.create({"name": name, **base, **extra})
 
@@ -263,8 +275,9 @@ def test_ln_and_in_are_layer_and_instance_norm():
 
 
 def test_factory_builds_each_name_and_only_norm_parameters_are_collected():
-    kinds = {"none": nn.Identity, "bn": BatchNorm2d, "brn": BatchRenorm2d, "gn": nn.GroupNorm,
-             "ln": nn.GroupNorm, "in": nn.GroupNorm}
+    kinds = {"none": nn.Identity, "bn": BatchNorm2d, "brn": BatchRenorm2d, "gn": GroupNorm, "ln": GroupNorm,
+             "in": GroupNorm, "frn": FilterResponseNorm2d, "ws_gn": GroupNorm, "evonorm_s0": EvoNormS0,
+             "custom": nn.GroupNorm}
     assert set(NORM_NAMES) == set(kinds)
     for name, kind in kinds.items():
         layer = create_norm_layer(norm_cfg(name), 20)
@@ -302,7 +315,8 @@ def test_set_renorm_limits_reaches_every_layer():
         (norm_cfg("brn", r_max=0.5), "norm.r_max=0.5: must be a number >= 1"),
         (norm_cfg("brn", d_max=-1), "norm.d_max=-1: must be a number >= 0"),
         (norm_cfg("bn", momentum=2), "norm.momentum=2: must be a number in [0, 1]"),
-        (OmegaConf.create({"name": "xn"}), "norm.name='xn': unknown; allowed: none, bn, brn, gn, ln, in"),
+        (OmegaConf.create({"name": "xn"}),
+         "norm.name='xn': unknown; allowed: none, bn, brn, gn, ln, in, frn, ws_gn, evonorm_s0, custom"),
     ],
 )
 def test_validate_names_key_value_and_what_is_allowed(cfg, fragment):
@@ -314,3 +328,166 @@ def test_valid_configs_have_no_problems():
         assert validate(norm_cfg(name), CHANNELS) == []
     for groups in (1, 2, 5, 10, "per_channel"):
         assert validate(norm_cfg("gn", groups=groups), CHANNELS) == []
+
+
+# ---------------------------------------------------------------- the writeup's code: MatConvNet's moments
+
+
+@pytest.mark.parametrize("shape", [(8, 3, 5, 5), (2, 500, 1, 1), (1, 500, 1, 1)],
+                         ids=["conv", "1x1-bs2", "1x1-bs1"])
+def test_matconvnet_moments_follow_the_written_out_average_and_evaluate_with_sigma(shape):
+    """Several steps against MatConvNet's vl_nnbnorm written out: output from the batch's mean and
+    sigma = sqrt(biased var + eps); moments m <- 0.9 m + 0.1 batch value from 0; eval g (x - mu) / sigma
+    + b."""
+    torch.manual_seed(0)
+    layer = create_norm_layer(norm_cfg("bn", moments="matconvnet"), shape[1]).double()
+    assert isinstance(layer, MomentBatchNorm2d)
+    assert layer.running_mean.abs().sum() == 0 and layer.running_std.abs().sum() == 0
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.uniform_(-0.5, 0.5)
+    g, b = layer.weight.detach().view(1, -1, 1, 1), layer.bias.detach().view(1, -1, 1, 1)
+    mu, sigma = torch.zeros(shape[1], dtype=torch.float64), torch.zeros(shape[1], dtype=torch.float64)
+    for _ in range(4):
+        x = torch.randn(shape, dtype=torch.float64) * 3 + 1
+        mu_b = x.mean(dim=(0, 2, 3))
+        sigma_b = (((x - mu_b.view(1, -1, 1, 1)) ** 2).mean(dim=(0, 2, 3)) + EPS).sqrt()
+        expected = g * (x - mu_b.view(1, -1, 1, 1)) / sigma_b.view(1, -1, 1, 1) + b
+        torch.testing.assert_close(layer.train()(x), expected, rtol=1e-10, atol=1e-12)
+        mu, sigma = 0.9 * mu + 0.1 * mu_b, 0.9 * sigma + 0.1 * sigma_b
+        torch.testing.assert_close(layer.running_mean, mu, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(layer.running_std, sigma, rtol=1e-12, atol=1e-14)
+    x = torch.randn(shape, dtype=torch.float64)
+    expected = g * (x - mu.view(1, -1, 1, 1)) / sigma.view(1, -1, 1, 1) + b
+    torch.testing.assert_close(layer.eval()(x), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_matconvnet_brn_starts_its_moments_at_zero_and_clips_its_first_step():
+    layer = create_norm_layer(norm_cfg("brn", moments="matconvnet"), 4).double()
+    assert layer.running_mean.abs().sum() == 0 and layer.running_std.abs().sum() == 0
+    assert create_norm_layer(norm_cfg("brn"), 4).running_std.tolist() == [1.0] * 4
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        x[:, 0] -= x[:, 0].mean()  # a batch mean of exactly 0 over a moving std of 0: d = 0/0
+    y = layer.train()(x)  # (r_max, d_max) = (1, 0): batch norm
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, F.batch_norm(x, None, None, training=True, eps=EPS), rtol=1e-10, atol=1e-12)
+
+
+def test_matconvnet_schedule_counts_epochs_from_the_batch_holding_image_one():
+    """The epoch count goes up at the batch that holds training image index 0, so limits change mid-epoch."""
+    cfg = norm_cfg("brn", moments="matconvnet", schedule={"unit": "epoch", "warmup": 1, "ramp": 1})
+    schedule = RenormSchedule(cfg)
+    assert schedule.per_step and not RenormSchedule(norm_cfg("brn")).per_step
+    order = [torch.tensor([5, 3]), torch.tensor([2, 0]), torch.tensor([1, 4])]  # image 0 in batch 2 of 3
+    schedule.begin_epoch(first_step=4, batches=order)  # epoch 2 starts at step 4
+    assert schedule.first_image_step == 5
+    assert schedule.values(2, 4) == {"r_max": 1.0, "d_max": 0.0}  # still epoch 1 of the count
+    assert schedule.values(2, 5) == {"r_max": 3.0, "d_max": 5.0}  # from image 0's batch on: epoch 2
+    assert schedule.values(2, 6) == {"r_max": 3.0, "d_max": 5.0}
+    text = RenormSchedule(norm_cfg("brn", schedule={"unit": "epoch", "warmup": 1, "ramp": 1}))
+    text.begin_epoch(first_step=4, batches=order)
+    assert text.values(2, 4) == {"r_max": 3.0, "d_max": 5.0}  # the text's count: from the epoch's start
+
+
+def test_bad_moments_are_one_line():
+    assert validate(norm_cfg("bn", moments="caffe"), CHANNELS) == [
+        "norm.moments='caffe': allowed: pytorch, matconvnet"]
+    assert validate(norm_cfg("gn", moments="matconvnet"), CHANNELS) == []  # set by a preset: changes nothing
+
+
+# ---------------------------------------------------------------- the batch-independent norms in the LeNet
+
+NEW = {"frn": {}, "frn tlu=every": {"tlu": "every"}, "frn learn_eps=false": {"learn_eps": False},
+       "ws_gn": {}, "evonorm_s0": {}, "custom": {}}
+
+
+def new_cfg(variant: str):
+    return norm_cfg(variant.split()[0], **NEW.get(variant, {}))
+
+
+def lenet64(cfg, seed: int = 0) -> LeNet:
+    torch.manual_seed(seed)
+    model = LeNet(partial(create_norm_layer, cfg), conv_weight=conv_weight(cfg), activation=activation(cfg))
+    return model.double()
+
+
+@pytest.mark.parametrize("variant", ["gn", "ln", "in", "frn", "frn tlu=every", "ws_gn", "evonorm_s0", "bn"])
+def test_a_samples_output_in_training_does_not_depend_on_the_other_samples_except_under_bn(variant):
+    model = lenet64(norm_cfg(variant) if variant in ("gn", "ln", "in", "bn") else new_cfg(variant)).train()
+    torch.manual_seed(1)
+    batch = torch.randn(4, 1, 28, 28, dtype=torch.float64) * 60
+    others = torch.randn(5, 1, 28, 28, dtype=torch.float64) * 30 + 10
+    alone = model(batch[:1])
+    in_batch = model(batch)[:1]
+    with_others = model(torch.cat([batch[:1], others]))[:1]
+    if variant == "bn":
+        assert (in_batch - alone).abs().max() > 1e-3 and (with_others - in_batch).abs().max() > 1e-3
+    else:
+        torch.testing.assert_close(in_batch, alone, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(with_others, alone, rtol=1e-10, atol=1e-12)
+
+
+def test_each_new_norm_builds_what_it_says_in_the_lenet():
+    frn, every = lenet64(new_cfg("frn")).features, lenet64(new_cfg("frn tlu=every")).features
+    assert [type(frn[i]) for i in (1, 4, 7, 8)] == [FilterResponseNorm2d] * 3 + [TLU]  # TLU for the ReLU
+    assert all(frn[i].tau is None and frn[i].eps_l is not None for i in (1, 4, 7))
+    assert all(every[i].tau is not None for i in (1, 4, 7)) and type(every[8]) is nn.Identity
+    assert lenet64(new_cfg("frn learn_eps=false")).features[7].eps_l is None
+    ws = lenet64(new_cfg("ws_gn")).features
+    assert [type(ws[i].weight_fn) for i in (0, 3, 6)] == [StandardizedWeight] * 3
+    assert ws[6].weight_fn.eps == 1e-6 and not hasattr(ws[9], "weight_fn")  # the classifier: plain
+    assert type(ws[8]) is nn.ReLU and type(ws[7]) is GroupNorm
+    evo = lenet64(new_cfg("evonorm_s0")).features
+    assert [evo[i].groups for i in (1, 4, 7)] == [2, 2, 2] and type(evo[8]) is nn.Identity
+    assert create_norm_layer(norm_cfg("evonorm_s0", groups="per_channel"), 50).groups == 50
+
+
+@pytest.mark.parametrize("variant", NEW)
+def test_new_norms_round_trip_through_the_state_dict_and_only_their_parameters_skip_weight_decay(variant):
+    cfg = new_cfg(variant)
+    model = lenet64(cfg, seed=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # away from the initial values
+    for module in model.modules():
+        if isinstance(module, nn.GroupNorm):
+            assert module.weight.requires_grad  # not frozen: the round trip carries trained values
+    copy = lenet64(cfg, seed=1)
+    copy.load_state_dict(model.state_dict())
+    x = torch.randn(3, 1, 28, 28, dtype=torch.float64) * 50
+    for mode in (True, False):
+        torch.testing.assert_close(copy.train(mode)(x), model.train(mode)(x), rtol=0, atol=0)
+    convs = {p for m in model.modules() if isinstance(m, nn.Conv2d) for p in m.parameters()}
+    assert norm_parameters(model) == set(model.parameters()) - convs
+    names = set(model.state_dict())
+    expected = {"frn": {"features.7.eps_l", "features.8.tau"}, "frn tlu=every": {"features.7.tau"},
+                "evonorm_s0": {"features.7.v"}}.get(variant, {"features.7.weight"})
+    assert expected <= names
+
+
+@pytest.mark.parametrize(("cfg", "line"), [
+    (norm_cfg("frn", eps=0), "norm.eps=0: must be a number > 0"),
+    (norm_cfg("frn", eps=-1e-6), "norm.eps=-1e-06: must be a number > 0"),
+    (norm_cfg("frn", learn_eps="yes"), "norm.learn_eps='yes': must be true or false"),
+    (norm_cfg("frn", tlu="first"), "norm.tlu='first': allowed: relu, every"),
+    (norm_cfg("ws_gn", ws_eps=0), "norm.ws_eps=0: must be a number > 0"),
+    (norm_cfg("ws_gn", eps=0), "norm.eps=0: must be a number > 0"),
+    (norm_cfg("ws_gn", groups=3), "norm.groups=3: must divide every layer's channel count (20, 50, 500)"),
+    (norm_cfg("evonorm_s0", groups=4), "norm.groups=4: must divide every layer's channel count (20, 50, "
+     "500)"),
+    (norm_cfg("evonorm_s0", groups=0), "norm.groups=0: must be a positive integer or 'per_channel'"),
+    (norm_cfg("evonorm_s0", eps=0), "norm.eps=0: must be a number > 0"),
+    (norm_cfg("custom", target=None), "norm.target=None: must be the import path of a torch.nn.Module "
+     "class, e.g. mypkg.layers.MyNorm"),
+])
+def test_new_keys_reject_bad_values_in_one_line(cfg, line):
+    assert validate(cfg, CHANNELS) == [line]
+
+
+def test_new_norms_with_their_defaults_are_valid():
+    for variant in NEW:
+        assert validate(new_cfg(variant), CHANNELS) == [], variant
+    for groups in (1, 2, 5, 10, "per_channel"):
+        assert validate(norm_cfg("evonorm_s0", groups=groups), CHANNELS) == []
+        assert validate(norm_cfg("ws_gn", groups=groups), CHANNELS) == []

@@ -18,6 +18,8 @@ def test_analysis_notebook_runs_on_a_tiny_sweep(tmp_path, monkeypatch):
     make_run(sweep, "gn", 8, 1, (0.3, 0.2))
     make_run(sweep, "bn", 8, 0, (0.4,), status="diverged", diverged_epoch=2, epochs=2)
     make_run(sweep, "gn", 2, 0, (0.25, 0.15))
+    make_run(sweep, "evonorm_s0", 8, 0, (0.3, 0.2))  # a new norm, and a name without a style: no special case
+    make_run(sweep, "gn", 2, 0, (0.35, 0.25), extra=("norm.name=mynorm",))
     monkeypatch.setenv("NORMEXP_SWEEP", str(sweep))
     # the python3 kernel starts "python" from PATH: make that this interpreter, with normexp installed
     monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
@@ -31,5 +33,6 @@ def test_analysis_notebook_runs_on_a_tiny_sweep(tmp_path, monkeypatch):
     assert str(sweep) in text and "bn, batch size 8, seed 0: diverged in epoch 2" in text
     markdown = [o.data["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
     assert len(markdown) == 1 and "| gn | 0.1500 ± 0.0707 (n=2) | 0.1500 |" in markdown[0]
+    assert "| evonorm_s0 | 0.2000 |  |" in markdown[0] and "| mynorm |  | 0.2500 |" in markdown[0]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 1 + 2  # the summary, then one figure per batch size (8 and 2)

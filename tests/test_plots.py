@@ -143,3 +143,23 @@ def test_script_bad_input_is_one_line(tmp_path, sweep, capsys, args, message):
         load_script().main([a.format(sweep=sweep, tmp=tmp_path) for a in args])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"normexp: error: {message.format(tmp=tmp_path)}\n"
+
+
+def test_new_norms_and_a_name_without_a_style_still_plot_each_with_its_own_line(tmp_path):
+    s = tmp_path / "sweep"
+    for norm, errors in (("frn", (0.2, 0.1)), ("ws_gn", (0.2, 0.08)), ("evonorm_s0", (0.3, 0.12))):
+        for bs in (4, 1):
+            make_run(s, norm, bs, 0, errors)
+    for bs in (4, 1):
+        make_run(s, "gn", bs, 0, (0.3, 0.15), extra=("norm.name=mynorm",))  # a name normexp has no style for
+    df = results.load([s])
+    fig = plots.summary_figure(df)
+    assert legend_texts(fig) == ["frn", "ws_gn", "evonorm_s0", "mynorm"]
+    styles = plots.variant_styles(df)
+    assert len({styles[v].color for v in styles}) == 4
+    mine = line_of(fig.axes[0], plots.style_of("mynorm").color)
+    assert mine.get_xdata().tolist() == [1, 4] and mine.get_ydata() == pytest.approx([0.15, 0.15])
+    assert plots.style_of("mynorm") == plots.style_of("mynorm") and "mynorm" not in plots.STYLES
+    assert len(plots.convergence_figure(df, 1).axes) == 2
+    table = results.summary_markdown(results.summary_table(df), plots.NORM_ORDER)
+    assert "| mynorm | 0.1500 | 0.1500 |" in table

@@ -92,6 +92,8 @@ def compose_job(overrides: list[str]):
      "outputs/sweeps/gn_groups_"),
     ("mcn_code_sweep", {"norm": "none,bn,brn,gn", "batch_size": "256,128,64,32,16,4,2,1", "train.seed": "0"},
      "outputs/sweeps/mcn_code_sweep_"),
+    ("batch_independent", {"norm": "gn,ln,in,frn,ws_gn,evonorm_s0,bn", "batch_size": "256,32,4,2,1",
+                           "train.seed": "0"}, "outputs/sweeps/batch_independent_"),
 ])
 def test_presets_compose_and_every_job_is_valid(tmp_path, preset, params, prefix):
     data_root = write_mnist(tmp_path / "data", n_train=256, n_test=10)
@@ -103,13 +105,16 @@ def test_presets_compose_and_every_job_is_valid(tmp_path, preset, params, prefix
 
     grid = [[f"{k}={v}" for v in str(values).split(",")] for k, values in params.items()]
     jobs = list(itertools.product(*grid))
-    assert len(jobs) == {"mcn_sweep": 32, "gn_groups": 10, "mcn_code_sweep": 32}[preset]
+    runs = {"mcn_sweep": 32, "gn_groups": 10, "mcn_code_sweep": 32, "batch_independent": 35}
+    assert len(jobs) == runs[preset]
     for job in jobs:
         job_cfg = compose_job([f"experiment={preset}", *job, f"data.root={data_root}"])
         assert config.problems(job_cfg) == [], job
-        expected_epochs = 10 if preset.startswith("mcn_") and job_cfg.batch_size == 1 else 30
+        expected_epochs = 10 if preset != "gn_groups" and job_cfg.batch_size == 1 else 30  # mcn_sweep's
         assert trainer.planned_epochs(job_cfg.train, job_cfg.batch_size) == expected_epochs
         if preset == "gn_groups":
             assert job_cfg.norm.name == "gn"
+        if preset == "batch_independent":
+            assert job_cfg.optim.scaling == "linear"
         protocol = "code" if preset == "mcn_code_sweep" else "text"
         assert sweeps.protocol_name(sweeps.protocol_settings(job_cfg)) == protocol

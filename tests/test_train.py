@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from helpers import ROOT, run_cli, run_cli_many, write_mnist
 
 from normexp import runfiles
@@ -211,3 +212,90 @@ def test_sweep_killed_and_run_again_runs_nothing_twice_and_finishes(tmp_path):
     second_log = (second / "train.log").read_text()
     assert "resuming" in second_log and second_log.count("epoch 1/3 train loss") == 1
 
+
+
+# ---------------------------------------------------------------- the batch-independent norms, a custom one
+
+
+class ChannelRMSNorm(torch.nn.Module):
+    """A layer of a user's own, defined here and named by import path on the command line: x divided by the
+    root mean square over each sample's channels and positions, then a scale and shift per channel."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-3) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = torch.nn.Parameter(torch.ones(num_channels))
+        self.bias = torch.nn.Parameter(torch.zeros(num_channels))
+
+    def forward(self, x):
+        x = x * torch.rsqrt(x.square().mean(dim=(1, 2, 3), keepdim=True) + self.eps)
+        return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+TESTS_ON_PATH = {"PYTHONPATH": str(ROOT / "tests")}  # so that a run can import this file as test_train
+CUSTOM = ["norm=custom", "norm.target=test_train.ChannelRMSNorm", "+norm.kwargs.eps=1e-5"]
+NEW_NORMS = {"frn": ["norm=frn"], "ws_gn": ["norm=ws_gn"], "evonorm_s0": ["norm=evonorm_s0"],
+             "custom": CUSTOM}
+# 400 digits at batch size 4: 100 steps an epoch, 3 epochs
+SHORT = ["batch_size=4", "train.epochs=3", *QUIET]
+
+
+def start_with_tests_on_path(*args: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "NORMEXP_DATA_ROOT"} | TESTS_ON_PATH
+    return subprocess.Popen([sys.executable, "-m", "normexp.train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def new_norm_runs(tmp_path_factory):
+    """(data root, norm -> a function returning the folder of its uninterrupted run); all four start in the
+    background at once."""
+    base = tmp_path_factory.mktemp("new_norms")
+    data = write_mnist(base / "data", n_train=400, n_test=50)
+    processes = {name: (base / name, start_with_tests_on_path(f"hydra.run.dir={base / name}",
+                                                              f"data.root={data}", *SHORT, *args))
+                 for name, args in NEW_NORMS.items()}
+
+    def uninterrupted(name: str) -> Path:
+        run_dir, process = processes[name]
+        assert process.wait(timeout=300) == 0, process.stdout.read()
+        return run_dir
+
+    yield data, uninterrupted
+    for _, process in processes.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize("name", NEW_NORMS)
+def test_each_new_norm_resumes_after_sigkill_to_the_uninterrupted_metrics(new_norm_runs, tmp_path, name):
+    data, uninterrupted = new_norm_runs
+    run_dir = tmp_path / "run"
+    args = [f"hydra.run.dir={run_dir}", f"data.root={data}", *SHORT, *NEW_NORMS[name]]
+    victim = start_with_tests_on_path(*args)
+    wait_for(lambda: finished_epochs(run_dir) >= 1, victim, "the first epoch finished")
+    time.sleep(0.05)
+    victim.kill()
+    victim.wait()
+    assert finished_epochs(run_dir) < 3 and summary(run_dir)["status"] == "running"
+
+    resumed = run_cli(*args, env=TESTS_ON_PATH)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in (run_dir / "train.log").read_text() and summary(run_dir)["status"] == "completed"
+    assert metrics(run_dir)[["train_loss", "val_loss"]].map(math.isfinite).all().all()
+    assert_same_metrics(run_dir, uninterrupted(name))
+
+
+def test_a_custom_layer_defined_in_a_test_file_trains_for_an_epoch_through_the_cli(tiny_mnist, tmp_path):
+    proc = run_cli(f"hydra.run.dir={tmp_path / 'run'}", f"data.root={tiny_mnist}", "batch_size=16",
+                   "train.epochs=1", *QUIET, *CUSTOM, env=TESTS_ON_PATH)
+    assert proc.returncode == 0, proc.stderr
+    s = summary(tmp_path / "run")
+    assert (s["status"], s["epochs_run"], s["norm"]) == ("completed", 1, "custom")
+    assert s["config"]["norm"] == {"name": "custom", "target": "test_train.ChannelRMSNorm",
+                                   "kwargs": {"eps": 1e-5}}
+    assert metrics(tmp_path / "run")["train_loss"].iloc[0] < math.log(10)  # it learned something
+    state = runfiles.load_checkpoint(tmp_path / "run")["model"]
+    assert {f"features.{i}.{p}" for i in (1, 4, 7) for p in ("weight", "bias")} <= set(state)
+    assert state["features.7.weight"].shape == (500,)
