@@ -367,11 +367,10 @@ def estimate(sweep: Sweep, stall_after: float) -> None:
 
 def _eta_how(sweep: Sweep, measured: list[Job], overheads: list[float], slots: int, running: int) -> str:
     epochs = sum(j.epochs_run or 0 for j in measured)
-    how = (f"{slots} at once ({sweep.slots_how}); epoch times measured in this sweep ({epochs} epochs of "
-           f"{len(measured)} runs; a run not measured yet: same norm and batch size, else same batch size, "
-           "else the nearest one); start-up and checkpoints ")
-    how += (f"{statistics.median(overheads):.1f} s per job (median of {len(overheads)})" if overheads
-            else "not measured yet")
+    how = (f"{slots} at once ({sweep.slots_how}); epoch times of {len(measured)} runs of this sweep "
+           f"({epochs} epochs; others: same norm and batch size, else same or nearest size); ")
+    how += (f"start-up {statistics.median(overheads):.1f} s a job (median of {len(overheads)})" if overheads
+            else "start-up not measured yet")
     if not running and any(j.status == "pending" for j in sweep.jobs):
         newest = min((j.age_s for j in sweep.jobs if j.age_s is not None), default=None)
         idle = "no job has started yet" if newest is None else f"nothing written for {duration(newest)}"
@@ -391,7 +390,7 @@ def launcher_slots(launcher: DictConfig | None, n_jobs: int) -> tuple[int | None
         if isinstance(n, int) and n > 0:
             return n, f"joblib n_jobs={n}"
         n = -1 if not isinstance(n, int) or n == 0 else n
-        return max(1, cores + 1 + n), f"joblib n_jobs={n}: from the {cores} cores of this machine"
+        return max(1, cores + 1 + n), f"joblib n_jobs={n}: {cores} cores here"
     if target.endswith("LocalLauncher"):
         return max(n_jobs, 1), "submitit_local starts every job at once"
     if target.endswith("SlurmLauncher"):
@@ -507,7 +506,7 @@ def render(sweep: Sweep) -> str:
     footer = [sweep.eta_how] if sweep.eta_how else []
     if sweep.eta_s is not None:
         at = datetime.fromtimestamp(sweep.now + sweep.eta_s)
-        footer = [f"ETA {duration(sweep.eta_s)} (about {at:%H:%M:%S}): {sweep.eta_how}"]
+        footer = [f"ETA {duration(sweep.eta_s)} (at {at:%H:%M:%S}): {sweep.eta_how}"]
     wrapped = [textwrap.fill(line, WIDTH, subsequent_indent="  ") for line in [*footer, *sweep.notes]]
     return "\n".join([*lines, *wrapped]) + "\n"
 

@@ -126,7 +126,8 @@ def test_list_scheduling_on_the_launchers_slots():
     # measured, the nearest are 2 and 8 (as far on a log scale): the larger, 2 s an epoch; after b
     assert [j.eta_s for j in sweep.jobs] == [None, 3.5, 8.0, 3.5 + 2.0 + 6.0, None]
     assert sweep.eta_s == 11.5
-    assert "2 at once (joblib n_jobs=2)" in sweep.eta_how and "2.0 s per job (median of 2)" in sweep.eta_how
+    assert "2 at once (joblib n_jobs=2)" in sweep.eta_how
+    assert "start-up 2.0 s a job (median of 2)" in sweep.eta_how
 
 
 def test_epoch_estimates_prefer_the_same_norm_and_batch_size():
