@@ -1,20 +1,29 @@
-"""Start-up validation of the whole configuration, run by Hydra before any folder or data is touched."""
+"""Start-up validation of the whole configuration, run by Hydra before any folder or data is touched, and of
+the run folders (normexp.runguard) before Hydra writes into them."""
 
 from __future__ import annotations
 
+import copy
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from normexp import data, logger, norm, optim, sweeps, trainer
+from normexp import data, logger, norm, optim, runguard, sweeps, trainer
 from normexp.model import LeNet
+from normexp.runfiles import RunFolderError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -83,31 +92,164 @@ def exit_if_unknown_choice(args: list[str]) -> None:
     exit_with(unknown_choices(args))
 
 
+def check_command_line(args: list[str]) -> None:
+    """One line, exit 2, for a command line Hydra would refuse with a many-line message: an unknown choice
+    (``norm=foo``) or a key the config lacks or cannot take (``norm.groups=2`` with ``norm=bn``)."""
+    exit_with(unknown_choices(args) or missing_keys(args))
+
+
+def _compose(lines: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=lines)
+
+
+def missing_keys(args: list[str]) -> list[str]:
+    """The override Hydra cannot apply because the composed config lacks its key, as one line (see
+    ``missing_key_line``): the config composed as Hydra will (in a sweep without the swept values, whose
+    jobs are composed one by one at start-up), only where some override sets a dotted key."""
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        return []
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    except HydraException:
+        return []  # a syntax error: Hydra's own message says where
+    kept = [o for o in overrides if not (multirun and o.is_sweep_override())]
+    if not any(o.type == OverrideType.CHANGE and "." in o.key_or_group and o.package is None
+               and not o.key_or_group.startswith("hydra") for o in kept):
+        return []
+    lines = [o.input_line for o in kept]
+    try:
+        _compose(lines)
+    except HydraException as err:
+        line = missing_key_line(err, lines, lambda bad: _compose([x for x in lines if x != bad]))
+        return [line] if line else []
+    return []
+
+
+def missing_key_line(err: HydraException, lines: list[str], compose_without: Callable[[str], DictConfig]
+                     ) -> str | None:
+    """One line for Hydra's refusal of an override whose key the config lacks: a key of another choice of
+    its group (``norm.groups=2`` with ``norm=bn``), or a new key inside a mapping
+    (``train.max_epochs_by_batch_size={4:0}``); None for other errors. ``compose_without(line)``: the config
+    without that override, to name what the group has."""
+    full_key = getattr(err.__cause__, "full_key", None)
+    parsed = OverridesParser.create().parse_overrides(lines)
+    matching = [o for o in parsed if full_key and (full_key + ".").startswith(o.key_or_group + ".")]
+    if not matching:
+        return None
+    bad = max(matching, key=lambda o: len(o.key_or_group))  # norm.groups=2 rather than norm=bn
+    line, key = bad.input_line, bad.key_or_group
+    if full_key != key:
+        return (f"{line}: {key} is a mapping whose keys Hydra keeps fixed under key=value; write ++{line} "
+                "to add to it")
+    parent, _, leaf = key.rpartition(".")
+    try:
+        node = OmegaConf.select(compose_without(line), parent) if parent else None
+    except HydraException:
+        node = None
+    if (CONF_DIR / parent).is_dir() and OmegaConf.is_dict(node):
+        having = [p.stem for p in sorted((CONF_DIR / parent).glob("*.yaml"))
+                  if leaf in (yaml.safe_load(p.read_text()) or {})]
+        name = f"{parent}={node.name}" if "name" in node else parent
+        with_it = f"; the {parent} choices with it: {', '.join(having)}" if having else ""
+        return f"{line}: {name} has no key {leaf} (its keys: {', '.join(node)}){with_it}"
+    return f"{line}: no such key{f' in {parent}' if parent else ''}; to add one, write +{line}"
+
+
 def sweep_problems(config: DictConfig) -> list[str]:
-    """Problems of every job of a basic sweep, found before the sweep folder is made or any job starts."""
+    """Problems of every job of a basic sweep, found before the sweep folder is made or any job starts;
+    then, where the values are fine, of the jobs' folders (``sweep_folder_problems``)."""
     jobs = sweeps.sweep_jobs(config)
     if jobs is None:
         return []
+    OmegaConf.select(config, "hydra.sweep.dir")  # resolved now: the jobs' configs get the same ${now:...}
     loader = GlobalHydra.instance().config_loader()
-    found = []
+    found, job_configs = [], []
     for job in jobs:
         try:
             job_config = loader.load_sweep_config(config, job)
         except HydraException as err:
+            line = missing_key_line(err, job, lambda bad, job=job: loader.load_sweep_config(
+                config, [x for x in job if x != bad]))
             reason = str(err).split("Config search path")[0]  # Hydra's message, without its search path
-            found.append(f"{' '.join(job)}: {' '.join(reason.split())}")
+            found.append(line or f"{' '.join(job)}: {' '.join(reason.split())}")
             continue
         found += problems(job_config, fetch=True)
+        job_configs.append(job_config)
+    return found or sweep_folder_problems(job_configs)
+
+
+def task_config(config: DictConfig) -> DictConfig:
+    """The run's config as the task will get it (Hydra's node removed), resolved."""
+    previous = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(config)  # for ${hydra:...} in the run's keys
+    try:
+        cfg = copy.deepcopy(config)
+        with read_write(cfg), open_dict(cfg):
+            del cfg["hydra"]
+        return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    finally:
+        HydraConfig.instance().cfg = previous
+
+
+def prepare_folder(run_dir: Path, cfg: DictConfig, where: str) -> None:
+    """Before Hydra writes into ``run_dir``: it holds nothing or this run (``train.resume``), or its results
+    are moved aside, .hydra/ and the log with them (``train.resume=false``); raises RunFolderError."""
+    now = runguard.marker(cfg)
+    if cfg.train.resume:
+        runguard.check(run_dir, now, where)
+    else:
+        runguard.start_over(run_dir, with_logs=True)
+
+
+def run_folder_problems(config: DictConfig) -> list[str]:
+    """A single run's folder, locked for this process (which holds it until it ends: the trainer takes it
+    again), then prepared; its problem as one line."""
+    run_dir = Path(os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir"))))
+    try:
+        runguard.acquire(run_dir)
+        prepare_folder(run_dir, task_config(config), "hydra.run.dir")
+    except RunFolderError as err:
+        return [str(err)]
+    return []
+
+
+def job_folder(job_config: DictConfig, num: int) -> Path:
+    """Where Hydra's launcher runs job ``num`` of a basic sweep."""
+    with read_write(job_config.hydra.job), open_dict(job_config.hydra.job):
+        job_config.hydra.job.id, job_config.hydra.job.num = num, num  # as the launchers set them
+    sweep = job_config.hydra.sweep
+    return Path(os.path.abspath(os.path.join(str(sweep.dir), str(sweep.subdir))))
+
+
+def sweep_folder_problems(job_configs: list[DictConfig]) -> list[str]:
+    """Each job folder that exists already, prepared as a single run's (under its lock, released at once); a
+    folder another process holds is left to the job, which skips it if it is still held then."""
+    found = []
+    for num, job_config in enumerate(job_configs):
+        run_dir = job_folder(job_config, num)
+        if not run_dir.is_dir():
+            continue
+        try:
+            with runguard.locked(run_dir):
+                prepare_folder(run_dir, task_config(job_config), "hydra.sweep.dir")
+        except runguard.Busy:
+            continue
+        except RunFolderError as err:
+            found.append(str(err))
     return found
 
 
 class ValidateConfig(Callback):
     """Checks a single run before Hydra makes its folder, and every job of a sweep before the first starts
     (under a sweeper other than Hydra's basic one, whose jobs cannot be listed up front: each job as it
-    starts)."""
+    starts); then the run folders, before Hydra writes .hydra/ and the log into them (Hydra writes those
+    before ``on_job_start``: a job of another sweeper has its folder checked by the trainer)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         exit_with(problems(config, fetch=True))
+        exit_with(run_folder_problems(config))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         exit_with(sweep_problems(config))

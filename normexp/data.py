@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,12 +71,28 @@ def _expected_files() -> str:
     return ", ".join(f"{split}-{kind}" for split in ("train", "t10k") for kind in kinds)
 
 
-def _idx_count(path: Path, magic: int, item_bytes: int, header_bytes: int) -> int:
-    """Number of items in an IDX file, after checking its magic number and its size against its header."""
+def _open_regular(path: Path):
+    """``path`` opened for reading in binary, and its size; anything but a regular file (a FIFO, a folder, a
+    device) is refused without waiting: opened without blocking, then looked at."""
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from err
+    mode, size = os.fstat(fd).st_mode, os.fstat(fd).st_size
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else "a special file"
+        raise DataError(f"{path}: {kind}, not a regular file; expected an IDX file")
+    return os.fdopen(fd, "rb"), size
+
+
+def _idx_count(path: Path, magic: int, item_bytes: int, header_bytes: int) -> int:
+    """Number of items in an IDX file, after checking its magic number, its image size (28x28) and its size
+    against its header; a file of no items is refused (each split needs at least one example)."""
+    f, size = _open_regular(path)
+    try:
+        with f:
             header = f.read(header_bytes)
-        size = path.stat().st_size
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror})") from err
     if len(header) < header_bytes:
@@ -82,11 +101,28 @@ def _idx_count(path: Path, magic: int, item_bytes: int, header_bytes: int) -> in
     if found != magic:
         raise DataError(f"{path}: wrong magic number {found}, expected {magic}: not an IDX file of this kind")
     count = int.from_bytes(header[4:8], "big")
+    if magic == IMAGE_MAGIC:
+        rows, cols = int.from_bytes(header[8:12], "big"), int.from_bytes(header[12:16], "big")
+        if (rows, cols) != (28, 28):
+            raise DataError(f"{path}: images of {rows}x{cols} pixels; expected 28x28")
     expected = header_bytes + count * item_bytes
     if size != expected:
         raise DataError(f"{path}: {size} bytes, but its header promises {count} items ({expected} bytes): "
                         "truncated or corrupt")
+    if count == 0:
+        raise DataError(f"{path}: no items; each split needs at least one example")
     return count
+
+
+def _check_labels(path: Path) -> None:
+    """Labels must name one of the ten classes, 0-9."""
+    f, _ = _open_regular(path)
+    with f:
+        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)
+    bad = np.flatnonzero(labels > 9)
+    if len(bad):
+        raise DataError(f"{path}: label {labels[bad[0]]} at item {bad[0]} ({len(bad)} such); labels must be "
+                        "0-9, the ten classes")
 
 
 def _check_split(cfg: DictConfig, train: bool) -> int:
@@ -95,6 +131,7 @@ def _check_split(cfg: DictConfig, train: bool) -> int:
     n_labels = _idx_count(labels, LABEL_MAGIC, 1, 8)
     if n_images != n_labels:
         raise DataError(f"{images}: {n_images} images but {labels.name} has {n_labels} labels")
+    _check_labels(labels)
     return n_images
 
 
@@ -104,7 +141,8 @@ def files_present(cfg: DictConfig) -> bool:
 
 def check(cfg: DictConfig) -> None:
     """Raises DataError for a wrong ``conf/data`` value, missing files that may not be downloaded, or a file
-    that is not a whole IDX file of its kind; reads only the headers. Files still to be downloaded pass."""
+    that is not a whole IDX file of its kind (a regular file, 28x28 images, at least one example, labels
+    0-9); reads the headers and the labels. Files still to be downloaded pass."""
     if cfg.name not in DATASETS:
         raise DataError(f"data.name={cfg.name!r}: unknown; allowed: {', '.join(DATASETS)}")
     if not isinstance(cfg.download, bool):
@@ -130,6 +168,26 @@ def validate(cfg: DictConfig) -> list[str]:
 def train_size(cfg: DictConfig) -> int | None:
     """Number of training examples, read from the file header; None when the files are not there yet."""
     return _check_split(cfg, train=True) if files_present(cfg) else None
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}  # (file, size, mtime) -> sha256: each file hashed once
+
+
+def fingerprint(cfg: DictConfig) -> dict[str, dict[str, object]]:
+    """Size and sha256 of each data file, by file name (checked files: see ``check``)."""
+    found = {}
+    for train in (True, False):
+        for path in _raw_files(cfg, train):
+            f, size = _open_regular(path)
+            with f:
+                key = (str(path.resolve()), size, os.fstat(f.fileno()).st_mtime_ns)
+                if key not in _HASHES:
+                    digest = hashlib.sha256()
+                    while block := f.read(1 << 20):
+                        digest.update(block)
+                    _HASHES[key] = digest.hexdigest()
+            found[path.name] = {"bytes": size, "sha256": _HASHES[key]}
+    return found
 
 
 def _last_line(err: BaseException) -> str:

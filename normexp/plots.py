@@ -124,9 +124,10 @@ def legend_label(variant: str, style: Style) -> str:
 
 
 def run_note(runs: pd.DataFrame) -> str:
-    """What the legend adds for a line: seeds, and the runs that diverged or have not finished."""
-    n = len(runs)
-    notes = [f"{n} seeds"] if n > 1 else []
+    """What the legend adds for a line: seeds (distinct ones: duplicates are left out by results.load), and
+    the runs that diverged or have not finished."""
+    n, seeds = len(runs), runs["seed"].nunique()
+    notes = [f"{seeds} seeds"] if seeds > 1 else []
     diverged = runs[runs["status"] == "diverged"]
     if len(diverged):
         epochs = ", ".join(str(e) for e in sorted(diverged["diverged_epoch"].dropna().unique()))

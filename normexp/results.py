@@ -23,7 +23,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from normexp import runfiles, sweeps
+from normexp import fingerprint, runfiles, sweeps
 
 # still running, or killed or failed while running (summary.json says "running", or there is none yet)
 UNFINISHED = "unfinished"
@@ -34,16 +34,17 @@ RUN_COLUMNS = (
     "epochs_run", "final_val_error", "best_val_error", "diverged_epoch", "diverged_step", "diverged_loss",
 )
 EPOCH_COLUMNS = tuple(c for c in runfiles.METRIC_COLUMNS if c != "lr")  # lr is a run setting here
-# Settings that do not change what a run computes (where it reads data, how fast, for how long) or that the
-# table has as columns of their own; the remaining settings that differ between runs of one norm name the
-# run's variant (e.g. "gn groups=5" in the group-count sweep).
+# Settings that do not change what a run computes (where it reads data, how fast) or that the table has as
+# columns of their own; the remaining settings that differ between runs of one norm name the run's variant
+# (e.g. "gn groups=5" in the group-count sweep; "gn train.epochs=3" beside 30 epochs: never averaged).
 NOT_VARIANT_KEYS = (
-    "batch_size", "train.seed", "train.epochs", "train.max_epochs_by_batch_size", "data.root",
-    "data.download", "train.device", "train.resume", "train.fast", "train.threads", "train.mkldnn",
-    "train.progress", "train.eval_batch_size", *sweeps.PROTOCOLS["text"],
+    "batch_size", "train.seed", "data.root", "data.download", "train.device", "train.resume", "train.fast",
+    "train.threads", "train.mkldnn", "train.progress", "train.eval_batch_size", *sweeps.PROTOCOLS["text"],
     "logger.name", "logger.flush_secs", "logger.hparams",
 )
 RUN_FILES = (runfiles.SUMMARY, runfiles.METRICS, ".hydra/config.yaml")
+METRICS_NEEDED = ("epoch", "train_loss", "train_error", "val_loss", "val_error")  # in every normexp version
+REPLACED = "replaced-"  # a run folder's previous results, moved aside by train.resume=false: never read
 
 
 def find_run_dirs(path: Path) -> list[Path]:
@@ -93,6 +94,7 @@ def load(paths: Iterable[str | Path], skipped: list[str] | None = None) -> pd.Da
                 runs[run_dir.resolve()] = read_run(run_dir)
             except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError, OmegaConfBaseException) as err:
                 skipped.append(f"{run_dir}: unreadable, left out ({type(err).__name__}: {err})")
+    runs = _drop_duplicates(runs, skipped)
     if not runs:
         return pd.DataFrame(columns=[*RUN_COLUMNS, *EPOCH_COLUMNS])
     df = pd.concat([run["metrics"].assign(**run["settings"]) for run in runs.values()], ignore_index=True)
@@ -110,7 +112,28 @@ def load(paths: Iterable[str | Path], skipped: list[str] | None = None) -> pd.Da
 
 
 def _subfolders(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", REPLACED)))
+
+
+def _drop_duplicates(runs: dict[Path, dict[str, Any]], skipped: list[str]) -> dict[Path, dict[str, Any]]:
+    """One run of each experiment (every result-relevant setting, the seed, the data files and the planned
+    epochs the same: a sweep and its copy), the one furthest along (the first found among equals); the
+    others are named in ``skipped``."""
+    groups: dict[str, list[Path]] = {}
+    for path, run in runs.items():
+        groups.setdefault(run["identity"], []).append(path)
+    found = {path: i for i, path in enumerate(runs)}
+    kept = set()
+    for paths in groups.values():
+        def progress(p: Path) -> tuple:
+            settings = runs[p]["settings"]
+            return (settings["status"] != "completed", -(settings["epochs_run"] or 0), found[p])
+
+        first, *others = sorted(paths, key=progress)
+        kept.add(first)
+        skipped += [f"{p}: the same run as {first} (every result-relevant setting, the seed, the data and "
+                    f"the epochs): left out as a duplicate; {first} is used" for p in others]
+    return {p: run for p, run in runs.items() if p in kept}
 
 
 def _note_jobs_not_started(sweep_dir: Path, run_dirs: list[Path], skipped: list[str]) -> None:
@@ -128,18 +151,61 @@ def _note_jobs_not_started(sweep_dir: Path, run_dirs: list[Path], skipped: list[
 
 def read_run(run_dir: Path) -> dict[str, Any]:
     """One run folder: its settings (one value each), its metrics rows and its configuration."""
-    summary = runfiles.read_summary(run_dir)  # read before the metrics: a finished run's rows are final
+    summary = _read_object(run_dir / runfiles.SUMMARY)  # before the metrics: a finished run's are final
+    marker = _read_object(run_dir / runfiles.MARKER)
     if summary is not None and "config" in summary:
         cfg = OmegaConf.create(summary["config"])
     else:
         cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    metrics_path = run_dir / runfiles.METRICS
-    metrics = pd.read_csv(metrics_path) if metrics_path.is_file() else pd.DataFrame()
-    metrics = metrics.reindex(columns=list(EPOCH_COLUMNS))
+    metrics = _read_metrics(run_dir / runfiles.METRICS).reindex(columns=list(EPOCH_COLUMNS))
     if metrics.empty:
         metrics = pd.DataFrame({c: [math.nan] for c in EPOCH_COLUMNS})
-    return {"settings": run_settings(run_dir, cfg, summary), "metrics": metrics,
-            "config": OmegaConf.to_container(cfg, resolve=False)}
+    config = OmegaConf.to_container(cfg, resolve=False)
+    if fingerprint.data_id(marker) is not None:  # runs on other data files are other variants
+        config["data"]["files"] = fingerprint.data_id(marker)
+    return {"settings": run_settings(run_dir, cfg, summary), "metrics": metrics, "config": config,
+            "identity": identity(cfg, marker)}
+
+
+def _read_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path`` (None where there is none); anything else is a ValueError."""
+    if not path.is_file():
+        return None
+    value = json.loads(path.read_text())
+    if not isinstance(value, dict):
+        raise ValueError(f"{path.name} holds a JSON {type(value).__name__}, not normexp's object")
+    return value
+
+
+def _read_metrics(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        return pd.DataFrame()
+    metrics = pd.read_csv(path)
+    missing = [c for c in METRICS_NEEDED if c not in metrics.columns]
+    if missing:
+        raise ValueError(f"{path.name} has the columns {', '.join(map(str, metrics.columns))}: not normexp's "
+                         f"(no {', '.join(missing)})")
+    for column in METRICS_NEEDED:
+        try:
+            pd.to_numeric(metrics[column])
+        except ValueError as err:
+            raise ValueError(f"{path.name}, column {column}: {err}") from err
+    return metrics
+
+
+def identity(cfg: DictConfig, marker: dict[str, Any] | None) -> str:
+    """What makes a run the experiment it is, as a string: its marker's settings and data files (or, for a
+    run from before markers, its config's result-relevant settings), and how many epochs it plans."""
+    if marker is not None and isinstance(marker.get("config"), dict):
+        settings = marker["config"]
+    else:
+        try:
+            settings = fingerprint.result_settings(OmegaConf.to_container(cfg, resolve=True))
+        except OmegaConfBaseException:
+            settings = fingerprint.result_settings(OmegaConf.to_container(cfg, resolve=False))
+    length = {key: OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, key)}))["v"]
+              for key in fingerprint.LENGTH_KEYS}
+    return json.dumps([settings, fingerprint.data_id(marker), length], sort_keys=True, default=str)
 
 
 def run_settings(run_dir: Path, cfg: DictConfig, summary: dict[str, Any] | None) -> dict[str, Any]:
@@ -200,7 +266,8 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
         errors = group.loc[group["status"] == "completed", "final_val_error"].astype(float)
         counts = group["status"].value_counts()
         row = {"variant": variant, "norm": group["norm"].iloc[0], "protocol": group["protocol"].iloc[0],
-               "batch_size": bs, "runs": len(group)}
+               "batch_size": bs, "runs": len(group), "seeds": group["seed"].nunique(),
+               "completed_seeds": group.loc[group["status"] == "completed", "seed"].nunique()}
         row |= {status: int(counts.get(status, 0)) for status in STATUSES}
         row |= {"final_val_error_mean": errors.mean(), "final_val_error_std": errors.std(),
                 "final_val_error_min": errors.min(), "final_val_error_max": errors.max()}
@@ -245,7 +312,7 @@ def _cell(row: Any) -> str:
         text = f"{row.final_val_error_mean:.4f}"
         if row.completed > 1:
             text += f" ± {row.final_val_error_std:.4f}"
-        parts.append(text + (f" (n={row.completed})" if row.completed > 1 else ""))
+        parts.append(text + (f" (n={row.completed_seeds})" if row.completed > 1 else ""))
     for status in STATUSES[1:]:
         if getattr(row, status):
             parts.append(f"{getattr(row, status)}/{row.runs} {status}" if row.runs > 1 else status)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 METRICS, SUMMARY, CHECKPOINT = "metrics.csv", "summary.json", "checkpoint.pt"
+MARKER = "normexp.json"  # what the run is (normexp.fingerprint), written when it starts
 METRIC_COLUMNS = (
     "epoch", "step", "lr", "r_max", "d_max", "train_loss", "train_error",
     "val_loss", "val_error", "seconds", "samples_per_s",
@@ -35,16 +36,32 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+class RunFolderError(Exception):
+    """A run folder, or one of its files, that normexp cannot use as asked; the message is one line naming
+    the folder or file, what is wrong and what to do, and the command exits with 2."""
+
+
+def write_run_file(path: Path, data: bytes) -> None:
+    """``write_atomic`` for a file of a run folder: an OSError (disk full, a read-only folder) becomes one
+    line; the file as it was before is intact."""
+    try:
+        write_atomic(path, data)
+    except OSError as err:
+        raise RunFolderError(f"{path.parent}: cannot write {path.name} ({err.strerror or err}); the files "
+                             "written before are intact: free space or fix the permissions, then run the "
+                             "same command again to resume") from err
+
+
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_atomic(run_dir / METRICS, buffer.getvalue().encode())
+    write_run_file(run_dir / METRICS, buffer.getvalue().encode())
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    write_atomic(run_dir / SUMMARY, (json.dumps(summary, indent=2, allow_nan=True) + "\n").encode())
+    write_run_file(run_dir / SUMMARY, (json.dumps(summary, indent=2, allow_nan=True) + "\n").encode())
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -68,7 +85,7 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
 
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    write_atomic(run_dir / CHECKPOINT, buffer.getvalue())
+    write_run_file(run_dir / CHECKPOINT, buffer.getvalue())
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from normexp import data
-from normexp.config import exit_if_unknown_choice
+from normexp import data, runguard
+from normexp.config import check_command_line
+from normexp.runfiles import RunFolderError
 from normexp.trainer import Trainer
 
 log = logging.getLogger("normexp")
@@ -33,6 +35,17 @@ def main(cfg: DictConfig) -> None:
         log.error("failed: %s", err)  # the last line of the run's train.log, for normexp.status
         print(f"normexp: error: {err}", file=sys.stderr)
         sys.exit(1)
+    except runguard.Busy as err:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            print(f"normexp: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        # another copy of the sweep has this job: leave it to that one (no log line: the log is that run's)
+        print(f"normexp: note: skipped: {err}", file=sys.stderr)
+        return
+    except RunFolderError as err:
+        log.error("failed: %s", err)
+        print(f"normexp: error: {err}", file=sys.stderr)
+        sys.exit(2)
     except Exception as err:
         log.error("failed: %s: %s", type(err).__name__, err)
         raise
@@ -45,5 +58,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    exit_if_unknown_choice(sys.argv[1:])  # one line for norm=foo, before Hydra's many-line message
+    check_command_line(sys.argv[1:])  # one line for norm=foo or a missing key, before Hydra's message
     main()

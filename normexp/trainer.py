@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from normexp import data, logger, norm, optim, perf, runfiles, steps, validation
+from normexp import data, logger, norm, optim, perf, runfiles, runguard, steps, validation
 from normexp.model import LeNet
 from normexp.runstate import RunState
 
@@ -136,7 +136,26 @@ class Trainer:
         self._clock = time.perf_counter()
 
     def fit(self) -> Outcome:
-        """Trains the planned epochs from where the run folder's checkpoint left off."""
+        """Trains the planned epochs from where the run folder's checkpoint left off, holding the folder's
+        lock (runguard.Busy where another process has it); runfiles.RunFolderError where the folder holds
+        another run or files that cannot be read or written."""
+        with runguard.locked(self.run_dir):
+            self.claim()
+            return self._fit()
+
+    def claim(self) -> None:
+        """The run folder checked to hold this run (``train.resume``), or its results moved aside (start
+        over), then marked as this run's; what start-up did there goes to the log."""
+        now = runguard.marker(self.cfg)
+        if self.tc.resume:
+            runguard.check(self.run_dir, now)
+        else:
+            runguard.start_over(self.run_dir, with_logs=False)
+        for line in dict.fromkeys(runguard.notes(self.run_dir)):
+            log.info(line)
+        runguard.record(self.run_dir, now)
+
+    def _fit(self) -> Outcome:
         if self.tc.resume and runfiles.is_finished(self.run_dir, self.epochs):
             previous = runfiles.read_summary(self.run_dir)
             log.info("%s: already %s after %d epochs, nothing to do", self.run_dir, previous["status"],
@@ -153,6 +172,21 @@ class Trainer:
         runfiles.write_metrics(self.run_dir, state.rows)  # again: a run killed between checkpoint and metrics
         return self._end("completed", state)
 
+    def _checkpoint(self) -> dict[str, Any] | None:
+        """The run folder's checkpoint, if any; one that cannot be read is one line."""
+        try:
+            checkpoint = runfiles.load_checkpoint(self.run_dir)
+        except Exception as err:  # torch.load and pickle raise many kinds for a torn or foreign file
+            raise self._bad_checkpoint(err, "unreadable") from err
+        if checkpoint is not None and not isinstance(checkpoint, dict):
+            raise self._bad_checkpoint(TypeError(type(checkpoint).__name__), "not normexp's checkpoint")
+        return checkpoint
+
+    def _bad_checkpoint(self, err: Exception, what: str) -> runfiles.RunFolderError:
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        return runfiles.RunFolderError(f"{self.run_dir / runfiles.CHECKPOINT}: {what} ({type(err).__name__}: "
+                                       f"{reason}); {runguard.START_OVER}")
+
     def build(self) -> Setup:
         """The run's CPU settings, data, model and optimizer (made once)."""
         if self.setup is None:
@@ -162,12 +196,15 @@ class Trainer:
     def start(self) -> RunState:
         """The state of the run folder's checkpoint (where ``train.resume`` allows), else a new one; either
         way recorded as a running run in summary.json."""
-        checkpoint = runfiles.load_checkpoint(self.run_dir) if self.tc.resume else None
+        checkpoint = self._checkpoint() if self.tc.resume else None
         if checkpoint is None:
             state = RunState()
         else:
             s = self.setup
-            state = RunState.from_checkpoint(checkpoint, s.model, s.optimizer, s.device)
+            try:
+                state = RunState.from_checkpoint(checkpoint, s.model, s.optimizer, s.device)
+            except Exception as err:  # a checkpoint of another model or tool: any of torch's errors
+                raise self._bad_checkpoint(err, "does not fit this run") from err
             perf.match_state_layout(s.optimizer)  # the checkpoint may come from another memory layout
             log.info("resuming %s at epoch %d, batch %d", self.run_dir, state.epoch + 1, state.batch)
         self._clock = time.perf_counter()  # the wall time counts training, not the set-up

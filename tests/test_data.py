@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import make_digits, run_cli_many, write_idx_labels, write_mnist
+from helpers import make_digits, run_cli_many, write_idx_images, write_idx_labels, write_mnist
 from omegaconf import OmegaConf
 
 from normexp import data
@@ -153,3 +154,61 @@ def test_data_validate_messages_for_bad_values(tmp_path):
     assert data.validate(data_cfg(tmp_path, download="yes")) == ["data.download='yes': must be true or false"]
     assert data.validate(data_cfg(tmp_path, download=True)) == []  # to be downloaded before the run starts
     assert data.train_size(data_cfg(write_mnist(tmp_path / "d", n_train=37))) == 37
+
+
+def label_10(raw: Path) -> Path:
+    labels = np.arange(200) % 10
+    labels[3] = 10
+    write_idx_labels(raw / "train-labels-idx1-ubyte", labels)
+    return raw / "train-labels-idx1-ubyte"
+
+
+def label_255(raw: Path) -> Path:
+    labels = np.arange(100) % 10
+    labels[99] = 255
+    write_idx_labels(raw / "t10k-labels-idx1-ubyte", labels)
+    return raw / "t10k-labels-idx1-ubyte"
+
+
+def no_test_items(raw: Path) -> Path:
+    write_idx_images(raw / "t10k-images-idx3-ubyte", np.zeros((0, 28, 28)))
+    write_idx_labels(raw / "t10k-labels-idx1-ubyte", np.zeros(0))
+    return raw / "t10k-images-idx3-ubyte"
+
+
+def images_14x56(raw: Path) -> Path:
+    images, _ = make_digits(200, 0)
+    write_idx_images(raw / "train-images-idx3-ubyte", images.reshape(200, 14, 56))
+    return raw / "train-images-idx3-ubyte"
+
+
+def fifo(raw: Path) -> Path:
+    path = raw / "t10k-labels-idx1-ubyte"
+    path.unlink()
+    os.mkfifo(path)  # opened for reading, it would wait for a writer for ever
+    return path
+
+
+BAD_CONTENT = {  # found at start-up, before any folder: name -> (damage, message)
+    "a label 10": (label_10, "{path}: label 10 at item 3 (1 such); labels must be 0-9, the ten classes"),
+    "a test label 255": (label_255,
+                         "{path}: label 255 at item 99 (1 such); labels must be 0-9, the ten classes"),
+    "no test items": (no_test_items, "{path}: no items; each split needs at least one example"),
+    "14x56 images": (images_14x56, "{path}: images of 14x56 pixels; expected 28x28"),
+    "a FIFO": (fifo, "{path}: a FIFO, not a regular file; expected an IDX file"),
+}
+
+
+def test_bad_data_contents_are_one_line_before_any_folder(tmp_path):
+    cases = []
+    for name, (damage, message) in BAD_CONTENT.items():
+        root = write_mnist(tmp_path / name.replace(" ", "_"))
+        path = damage(root / "MNIST" / "raw")
+        out = tmp_path / f"{name.replace(' ', '_')}_run"
+        command = [f"hydra.run.dir={out}", f"data.root={root}", "batch_size=4"]
+        cases.append((command, message.format(path=path), out))
+    results = run_cli_many([args for args, _, _ in cases])
+    for (args, message, out), result in zip(cases, results, strict=True):
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.strip().splitlines() == [f"normexp: error: {message}"]
+        assert not out.exists()

@@ -1,0 +1,207 @@
+"""One experiment and one writer per run folder.
+
+A run records what it is in normexp.json (``marker``: the result-relevant settings, the data files' sizes and
+hashes, the protocol) and resumes, or counts as already finished, only where the folder's marker matches
+(``check``); ``start_over`` (train.resume=false) moves a folder's results aside into ``replaced-<time>/``
+before anything new is written; ``locked`` holds an flock on the folder's lock file for the life of a run.
+Start-up (normexp.config) runs these before Hydra writes into the folder; the trainer runs them again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from normexp import data, fingerprint, perf, runfiles, sweeps
+from normexp.runfiles import RunFolderError
+
+LOCK = ".normexp.lock"  # holds "<pid> <host>" of the process that has the folder
+REPLACED, STAGING = "replaced-", ".replacing-"  # start_over's folder, and the same while it fills
+RESULT_FILES = (runfiles.MARKER, runfiles.SUMMARY, runfiles.METRICS, runfiles.CHECKPOINT)
+SUMMARY_STATUSES = ("running", "completed", "diverged", "interrupted")
+START_OVER = ("run with train.resume=false to move the folder's results aside into replaced-<time>/ and "
+              "start over")
+
+_held: dict[str, list[int]] = {}  # folder -> [lock file descriptor, holders in this process]
+_notes: dict[str, list[str]] = {}  # folder -> what start-up did there, for the run's log
+
+
+class Busy(RunFolderError):
+    """The folder's lock is held by another process (``holder``: its "<pid> <host>")."""
+
+    def __init__(self, run_dir: Path, holder: str) -> None:
+        pid, _, host = holder.partition(" ")
+        who = f"process {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
+        super().__init__(f"{run_dir}: in use by {who} (it holds {LOCK} there); wait for it to end, or use "
+                         "another folder")
+        self.holder = holder
+
+
+def marker(cfg: DictConfig) -> dict[str, Any]:
+    """What a run of ``cfg`` (the task's config, without Hydra's node) is, as normexp.json records it."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return {"format": fingerprint.FORMAT, "normexp": perf.normexp_version(),
+            "config": fingerprint.result_settings(config), "data": data.fingerprint(cfg.data),
+            "protocol": sweeps.protocol_name(sweeps.protocol_settings(cfg))}
+
+
+def has_results(run_dir: Path) -> bool:
+    return any((run_dir / name).exists() for name in RESULT_FILES)
+
+
+def read_json(path: Path, what: str) -> dict[str, Any] | None:
+    """The JSON object in ``path`` (None where there is no such file); anything else is one line."""
+    if not path.exists():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise RunFolderError(f"{path}: unreadable ({type(err).__name__}: {err}), not {what}; {START_OVER}, "
+                             "or use another folder") from err
+    if not isinstance(value, dict):
+        raise RunFolderError(f"{path}: a JSON {type(value).__name__}, not {what}; {START_OVER}, or use "
+                             "another folder")
+    return value
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The folder's summary.json, checked to be normexp's (a status and a count of epochs)."""
+    summary = read_json(run_dir / runfiles.SUMMARY, "normexp's summary")
+    if summary is not None and (summary.get("status") not in SUMMARY_STATUSES
+                                or not isinstance(summary.get("epochs_run"), int)):
+        raise RunFolderError(f"{run_dir / runfiles.SUMMARY}: not normexp's summary (no status among "
+                             f"{', '.join(SUMMARY_STATUSES)} and epochs_run); {START_OVER}, or use another "
+                             "folder")
+    return summary
+
+
+def _recorded(run_dir: Path, now: dict[str, Any]) -> dict[str, Any]:
+    """The folder's marker; for a folder from before markers existed, one made from its summary.json's config
+    when that is normexp's (its data files then count as the same: they were never recorded)."""
+    found = read_json(run_dir / runfiles.MARKER, "normexp's marker")
+    summary = read_summary(run_dir)
+    if found is not None:
+        return found
+    config = (summary or {}).get("config")
+    if not isinstance(config, dict) or not {"norm", "optim", "train", "data"} <= set(config):
+        raise RunFolderError(f"{run_dir}: holds run files but no {runfiles.MARKER}, and no normexp "
+                             f"summary.json with its config: not a normexp run folder; use another folder, "
+                             f"or {START_OVER}")
+    _note(run_dir, f"{run_dir}: no {runfiles.MARKER} (a run from before it existed): compared with the "
+                   "config in its summary.json; its data files are taken to be the same")
+    return {"config": fingerprint.result_settings(config), "data": now["data"]}
+
+
+def check(run_dir: Path, now: dict[str, Any], where: str = "hydra.run.dir") -> None:
+    """Raises RunFolderError unless ``run_dir`` is new or holds the experiment ``now`` (a marker) describes:
+    then it may be resumed, or found finished. ``where``: the setting that names another folder."""
+    if any(run_dir.glob(f"{STAGING}*")):
+        raise RunFolderError(f"{run_dir}: a start over (train.resume=false) was cut short; run with "
+                             "train.resume=false again to finish it")
+    if not has_results(run_dir):
+        return
+    differ = fingerprint.differences(_recorded(run_dir, now), now)
+    if differ:
+        raise RunFolderError(f"{run_dir}: holds another run ({'; '.join(differ)}); use another {where} for "
+                             f"this one, or {START_OVER}")
+
+
+def record(run_dir: Path, now: dict[str, Any]) -> None:
+    """Writes the marker (where it is not there already as it is)."""
+    path = run_dir / runfiles.MARKER
+    text = json.dumps(now, indent=2, allow_nan=True) + "\n"
+    if not path.is_file() or path.read_text() != text:
+        runfiles.write_run_file(path, text.encode())
+
+
+def start_over(run_dir: Path, with_logs: bool) -> Path | None:
+    """Moves the folder's results (and, where ``with_logs``, Hydra's .hydra/ and the log) aside into
+    ``replaced-<time>/``: gathered in a hidden folder first, which is then renamed, so that the results
+    appear there all at once; one cut short is finished by the next call. The new folder, if any."""
+    pending = sorted(run_dir.glob(f"{STAGING}*"))
+    if not pending and not has_results(run_dir):
+        return None
+    keep = {LOCK} if with_logs else {LOCK, ".hydra"}
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    staging = pending[0] if pending else run_dir / f"{STAGING}{stamp}"
+    try:
+        staging.mkdir(exist_ok=True)
+        for entry in sorted(run_dir.iterdir()):
+            name = entry.name
+            log_file = not with_logs and name.endswith(".log")  # Hydra's job log, open by now
+            if name in keep or log_file or name.startswith((REPLACED, STAGING)):
+                continue
+            entry.rename(staging / name)
+        target = run_dir / (REPLACED + staging.name[len(STAGING):])
+        staging.rename(target)
+    except OSError as err:
+        raise RunFolderError(f"{run_dir}: cannot move the previous results aside ({err.strerror or err}); "
+                             "nothing new was written") from err
+    _note(run_dir, f"train.resume=false: moved the previous results of {run_dir} aside into {target.name}/")
+    return target
+
+
+def _note(run_dir: Path, line: str) -> None:
+    _notes.setdefault(str(run_dir.absolute()), []).append(line)
+
+
+def notes(run_dir: Path) -> list[str]:
+    """What start-up did in ``run_dir`` (each line once), for the run's log."""
+    return _notes.pop(str(run_dir.absolute()), [])
+
+
+def acquire(run_dir: Path) -> None:
+    """Takes the folder's lock (made with the folder where needed) for this process, or raises Busy; held
+    again by the same process, it counts. flock releases it when the process ends, however it ends. Where
+    the filesystem refuses flock (some NFS set-ups), the run goes on unlocked, with a note."""
+    key = str(run_dir.absolute())
+    if key in _held:
+        _held[key][1] += 1
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise RunFolderError(f"{run_dir}: cannot make its lock file {LOCK} ({err.strerror or err}); free "
+                             "space or fix the permissions") from err
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise Busy(run_dir, holder) from None
+    except OSError as err:
+        _note(run_dir, f"{run_dir}: not locked: flock failed ({err.strerror or err}); two processes in this "
+                       "folder would not be kept apart")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+    _held[key] = [fd, 1]
+
+
+def release(run_dir: Path) -> None:
+    key = str(run_dir.absolute())
+    held = _held.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] == 0:
+        del _held[key]
+        os.close(held[0])  # releases the flock; the file stays (removing it would race with a new holder)
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    acquire(run_dir)
+    try:
+        yield
+    finally:
+        release(run_dir)
