@@ -21,7 +21,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from normexp import data, logger, norm, optim, perf, runfiles, runguard, steps, validation
+from normexp import (
+    data,
+    launchers,
+    logger,
+    memory,
+    norm,
+    optim,
+    perf,
+    runfiles,
+    runguard,
+    steps,
+    sweeps,
+    validation,
+)
 from normexp.model import LeNet
 from normexp.runstate import RunState
 
@@ -65,20 +78,37 @@ class Setup:
             perf.apply(self.cpu)
 
 
-def set_up(cfg: DictConfig, jobs: int) -> Setup:
-    """CPU settings (for ``jobs`` jobs sharing the box), data, the LeNet in the training layout (its initial
-    weights drawn after seeding torch's RNG with train.seed) and its SGD (fused on the fast path)."""
+def cpu_settings(
+    cfg: DictConfig, batch_size: int, device: torch.device, jobs: int, kept: dict[str, Any] | None = None
+) -> perf.CpuSettings:
+    """The CPU settings for steps of ``batch_size``: those a resumed run ran with (``kept``, where
+    train.threads and train.mkldnn leave the choice to normexp; its threads bounded by the job's share of
+    the cores), else ``perf.choose``'s for the norm's kernels."""
     tc = cfg.train
+    if kept is not None and tc.threads == "auto" and tc.mkldnn == "auto":
+        settings = perf.CpuSettings.from_dict(kept)
+        share = max(1, perf.available_cores() // max(1, jobs))
+        return perf.CpuSettings(min(settings.threads, share), settings.mkldnn,
+                                settings.channels_last and tc.fast, source=settings.source)
+    return perf.choose(batch_size, device, tc.threads, tc.mkldnn, jobs, fast=tc.fast,
+                       family=norm.kernels(cfg.norm))
+
+
+def set_up(cfg: DictConfig, jobs: int, kept: dict[str, Any] | None = None) -> Setup:
+    """CPU settings (for ``jobs`` jobs sharing the box; ``kept``: a resumed run's, by "train" and "eval"),
+    data, the LeNet in the training layout (its initial weights drawn after seeding torch's RNG with
+    train.seed) and its SGD (fused on the fast path)."""
+    tc, kept = cfg.train, kept or {}
     device = resolve_device(tc.device)
-    cpu = perf.choose(cfg.batch_size, device, tc.threads, tc.mkldnn, jobs, fast=tc.fast)
-    eval_cpu = perf.choose(tc.eval_batch_size, device, tc.threads, tc.mkldnn, jobs, fast=tc.fast)
+    cpu = cpu_settings(cfg, cfg.batch_size, device, jobs, kept.get("train"))
+    eval_cpu = cpu_settings(cfg, tc.eval_batch_size, device, jobs, kept.get("eval"))
     perf.apply(cpu)
     torch.manual_seed(tc.seed)
     train_set, test_set = data.load(cfg.data, device)
     model = LeNet(partial(norm.create_norm_layer, cfg.norm), conv_weight=norm.conv_weight(cfg.norm),
                   activation=norm.activation(cfg.norm)).to(device, memory_format=cpu.memory_format)
     lr = optim.learning_rate(cfg.optim, cfg.batch_size, norm.is_normalized(cfg.norm))
-    optimizer = optim.build(model, cfg.optim, lr, norm.norm_parameters(model), fused=tc.fast)
+    optimizer = optim.build(model, cfg.optim, lr, norm.autonn_factors(model, cfg.norm), fused=tc.fast)
     return Setup(device, cpu, eval_cpu, train_set, test_set, model, optimizer, lr)
 
 
@@ -129,7 +159,7 @@ class Trainer:
         self.sync_every = steps.steps_per_sync(cfg.batch_size, cfg.train.fast)
         self.schedule = norm.schedule(cfg.norm)
         self.schedule_values: dict[str, float] = {}  # what the schedule set last, as metrics columns
-        self.jobs = perf.parallel_jobs() if jobs is None else jobs
+        self.jobs = launchers.parallel_jobs() if jobs is None else jobs
         self.show_bar = sys.stderr.isatty() if self.tc.progress == "auto" else bool(self.tc.progress)
         self.setup: Setup | None = None
         self.logger = logger.build(cfg.get("logger"), run_dir)  # besides metrics.csv: none, or TensorBoard
@@ -161,8 +191,9 @@ class Trainer:
             log.info("%s: already %s after %d epochs, nothing to do", self.run_dir, previous["status"],
                      previous["epochs_run"])
             return Outcome(previous["status"], previous)
-        self.build()
-        state = self.start()
+        checkpoint = self._checkpoint() if self.tc.resume else None
+        self.build(kept=None if checkpoint is None else checkpoint.get("cpu_settings"))
+        state = self.start(checkpoint)
         self._log_start()
         with steps.StopSignal() as stop:
             while state.epoch < self.epochs:
@@ -187,16 +218,16 @@ class Trainer:
         return runfiles.RunFolderError(f"{self.run_dir / runfiles.CHECKPOINT}: {what} ({type(err).__name__}: "
                                        f"{reason}); {runguard.START_OVER}")
 
-    def build(self) -> Setup:
-        """The run's CPU settings, data, model and optimizer (made once)."""
+    def build(self, kept: dict[str, Any] | None = None) -> Setup:
+        """The run's CPU settings (``kept``: those a resumed run ran with), data, model and optimizer (made
+        once)."""
         if self.setup is None:
-            self.setup = set_up(self.cfg, self.jobs)
+            self.setup = set_up(self.cfg, self.jobs, kept)
         return self.setup
 
-    def start(self) -> RunState:
-        """The state of the run folder's checkpoint (where ``train.resume`` allows), else a new one; either
-        way recorded as a running run in summary.json."""
-        checkpoint = self._checkpoint() if self.tc.resume else None
+    def start(self, checkpoint: dict[str, Any] | None = None) -> RunState:
+        """The state of ``checkpoint`` (the run folder's, where ``train.resume`` allows), else a new one;
+        either way recorded as a running run in summary.json."""
         if checkpoint is None:
             state = RunState()
         else:
@@ -205,8 +236,9 @@ class Trainer:
                 state = RunState.from_checkpoint(checkpoint, s.model, s.optimizer, s.device)
             except Exception as err:  # a checkpoint of another model or tool: any of torch's errors
                 raise self._bad_checkpoint(err, "does not fit this run") from err
-            perf.match_state_layout(s.optimizer)  # the checkpoint may come from another memory layout
+            optim.match_state_layout(s.optimizer)  # the checkpoint may come from another memory layout
             log.info("resuming %s at epoch %d, batch %d", self.run_dir, state.epoch + 1, state.batch)
+        state.cpu_settings = {"train": self.setup.cpu.as_dict(), "eval": self.setup.eval_cpu.as_dict()}
         self._clock = time.perf_counter()  # the wall time counts training, not the set-up
         self.logger.start(self._summary("running", state), state.rows)
         return state
@@ -238,6 +270,8 @@ class Trainer:
         n = len(self.setup.train_set)
         batches = data.epoch_order(n, self.batch_size, self.tc.seed, state.epoch, self.setup.device)
         self.setup.model.train()
+        if self.schedule is not None:
+            self.schedule.begin_epoch(state.step - state.batch + 1, batches)
         self._follow_schedule(state.epoch, state.step)
         return batches
 
@@ -325,7 +359,7 @@ class Trainer:
     def _summary(self, status: str, state: RunState, **extra: Any) -> dict[str, Any]:
         """Writes summary.json for the run as it stands, and returns it."""
         self._tick(state)
-        rows, s = state.rows, self.setup
+        rows, s, protocol = state.rows, self.setup, sweeps.protocol_settings(self.cfg)
         best = min(range(len(rows)), key=lambda i: rows[i]["val_error"]) if rows else None
         last = rows[-1] if rows else {}
         summary = {
@@ -337,7 +371,9 @@ class Trainer:
             "norm": self.cfg.norm.name, "batch_size": self.batch_size, "seed": self.tc.seed, "lr": self.lr,
             "data": self.cfg.data.name, "device": str(s.device), "threads": s.cpu.threads,
             "mkldnn": s.cpu.mkldnn, "fast": self.tc.fast, "channels_last": s.cpu.channels_last,
-            "peak_rss_mb": round(perf.peak_rss_mb(), 1),
+            "cpu_settings_from": s.cpu.source, "eval_cpu_settings": s.eval_cpu.as_dict(),
+            "protocol": sweeps.protocol_name(protocol), "protocol_settings": protocol,
+            "peak_rss_mb": round(memory.peak_rss_mb(), 1),
             "config": OmegaConf.to_container(self.cfg, resolve=True), **extra,
         }
         runfiles.write_summary(self.run_dir, summary)
