@@ -11,9 +11,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "normexp"
 # each module may import only modules of earlier layers
 LAYERS = [
-    {"validation", "runfiles", "sweeps", "layers", "fingerprint"},
-    {"data", "model", "norm", "optim", "perf", "results", "status", "logger"},
-    {"steps", "plots", "runguard"},
+    {"validation", "runfiles", "sweeps", "memory", "layers", "fingerprint"},
+    {"data", "model", "norm", "optim", "perf", "results", "status", "logger", "claims"},
+    {"steps", "plots", "launchers", "runguard"},
     {"runstate"},
     {"trainer"},
     {"config", "tune"},
