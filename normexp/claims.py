@@ -7,7 +7,8 @@ Each criterion in one line:
 - unstable: it converges, but over the second half of its epochs its validation error swings by more than
   1 percentage point (highest minus lowest), or it ends above twice its best;
 - about equal: the normalizers' mean final errors lie within 0.5 percentage points of each other.
-A claim about several seeds holds where it holds for most of them (more than half).
+A claim about several seeds holds where it holds for most of them (more than half). Only finished runs
+(completed or diverged) decide; a claim some of whose runs are missing or unfinished is "not decided".
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 
 CONVERGED_MAX, STUCK_MIN, SWING_MAX, EQUAL_SPREAD = 0.10, 0.50, 0.01, 0.005
 NORMALIZERS = ("bn", "brn", "gn")
+FINISHED = ("completed", "diverged")
 
 
 def final_errors(df: pd.DataFrame) -> pd.DataFrame:
@@ -108,15 +110,16 @@ CLAIMS = (
 
 
 def claims_table(df: pd.DataFrame) -> pd.DataFrame:
-    """A row per claim, per protocol in ``df``: whether its runs reproduce it (yes, no, or "not run") and
-    the numbers it was decided on."""
+    """A row per claim, per protocol in ``df``: whether its finished runs reproduce it (yes, no, or "not
+    decided" where runs are missing) and the numbers it was decided on."""
     runs = final_errors(df).merge(df.drop_duplicates("run_dir")[["run_dir", "protocol"]], on="run_dir")
+    runs = runs[runs["status"].isin(FINISHED)]
     rows = []
     for claim in CLAIMS:
         row = {"claim": claim.text}
         for protocol, own in runs.groupby("protocol"):
             holds, numbers = claim.decide(own[own["batch_size"].isin(claim.batch_sizes)])
-            row[protocol] = ({True: "yes", False: "no", None: "not run"}[holds] + ": " + numbers)
+            row[protocol] = ({True: "yes", False: "no", None: "not decided"}[holds] + ": " + numbers)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -23,10 +23,11 @@ def test_each_claim_is_decided_per_protocol(tmp_path):
         make_run(s, "bn", bs, 0, (0.9, 0.8))  # near chance: not converged
         make_run(s, "brn", bs, 0, (), status="diverged", diverged_epoch=1)
     make_run(s, "gn", 256, 0, (0.2, 0.10), extra=CODE)  # the code protocol: one run, other claims not run
+    make_run(s, "none", 16, 0, (0.9,), status="unfinished", extra=CODE)  # unfinished: decides nothing
     table = claims.claims_table(results.load([s])).set_index("claim")
     verdicts = table.map(lambda cell: cell.split(":")[0])
     assert verdicts["text"].tolist() == ["yes", "yes", "yes", "yes"]
-    assert verdicts["code"].tolist() == ["not run"] * 4
+    assert verdicts["code"].tolist() == ["not decided"] * 4
     assert "gn bs 256: 3.30 % (n=1)" in table.loc["bs 256: all normalizers about equal", "text"]
     assert "brn bs 2: – % (n=1, 1 diverged)" in table.loc["bs 2 and 1: only GN converges", "text"]
 
