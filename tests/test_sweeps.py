@@ -41,7 +41,8 @@ def test_tiny_multirun_names_its_jobs_and_draws_them(tmp_path, tiny_mnist, launc
     assert (df["final_val_error"] == df["val_error"]).all()
 
     written = plots.write_report(df, sweep)
-    assert [p.name for p in written] == ["bs-16.png", "bs-8.png", "summary.png", "summary.csv", "summary.md"]
+    assert [p.name for p in written] == ["bs-16.png", "bs-8.png", "summary.png", "summary.csv", "summary.md",
+                                            "claims.md"]
     assert all(p.stat().st_size > 1000 for p in written[:3])
 
 
