@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from normexp import data, logger, norm, optim, runguard, sweeps, trainer
+from normexp import data, logger, norm, optim, runguard, stopping, sweeps, trainer
 from normexp.model import LeNet
 from normexp.runfiles import RunFolderError
 
@@ -157,15 +157,16 @@ def missing_key_line(err: HydraException, lines: list[str], compose_without: Cal
     return f"{line}: no such key{f' in {parent}' if parent else ''}; to add one, write +{line}"
 
 
-def sweep_problems(config: DictConfig) -> list[str]:
+def sweep_problems(config: DictConfig, job_configs: list[DictConfig] | None = None) -> list[str]:
     """Problems of every job of a basic sweep, found before the sweep folder is made or any job starts;
-    then, where the values are fine, of the jobs' folders (``sweep_folder_problems``)."""
+    then, where the values are fine, of the jobs' folders (``sweep_folder_problems``). The jobs' configs
+    are appended to ``job_configs``."""
     jobs = sweeps.sweep_jobs(config)
     if jobs is None:
         return []
     OmegaConf.select(config, "hydra.sweep.dir")  # resolved now: the jobs' configs get the same ${now:...}
     loader = GlobalHydra.instance().config_loader()
-    found, job_configs = [], []
+    found, job_configs = [], [] if job_configs is None else job_configs
     for job in jobs:
         try:
             job_config = loader.load_sweep_config(config, job)
@@ -252,8 +253,32 @@ class ValidateConfig(Callback):
         exit_with(run_folder_problems(config))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        exit_with(sweep_problems(config))
+        job_configs: list[DictConfig] = []
+        exit_with(sweep_problems(config, job_configs))
+        launcher = str(config.hydra.launcher.get("_target_", ""))
+        if job_configs and launcher.endswith(STOPPABLE_LAUNCHERS):
+            stopping.begin_sweep([job_folder(c, i) / runguard.LOCK for i, c in enumerate(job_configs)])
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        stopping.guard_worker()
         if config.hydra.mode == RunMode.MULTIRUN and not sweeps.is_basic_sweeper(config):
             exit_with(problems(config))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        signum = stopping.end_sweep()
+        if signum is not None:
+            stop_workers()
+            print(f"normexp: stopped by signal {signum}: the running jobs saved a checkpoint and no other "
+                  "job started; run the same command again to resume", file=sys.stderr)
+            sys.exit(128 + signum)
+
+
+STOPPABLE_LAUNCHERS = ("BasicLauncher", "JoblibLauncher")  # their jobs run here or in this process's workers
+
+
+def stop_workers() -> None:
+    """joblib's idle workers ended now (they would wait for more work until the interpreter exits)."""
+    module = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(module, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True)

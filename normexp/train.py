@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from normexp import data, runguard
+from normexp import data, runguard, stopping
 from normexp.config import check_command_line
 from normexp.runfiles import RunFolderError
 from normexp.trainer import Trainer
@@ -29,6 +29,8 @@ log = logging.getLogger("normexp")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if stopping.requested() is not None:
+        return not_started(stopping.requested())
     try:
         outcome = Trainer(cfg, run_dir).fit()
     except data.DataError as err:
@@ -53,8 +55,16 @@ def main(cfg: DictConfig) -> None:
     if outcome.status == "completed" and result["final_val_error"] is not None:
         log.info("completed: final val error %.4f (best %.4f at epoch %d)", result["final_val_error"],
                  result["best_val_error"], result["best_epoch"])
-    if outcome.exit_code:
+    if outcome.exit_code and not stopping.in_worker():  # a worker's sweep exits with it in its main process
         sys.exit(outcome.exit_code)
+
+
+def not_started(signum: int) -> None:
+    """A job of a sweep asked to stop before it started: nothing done; a sweep run in this process ends."""
+    if not stopping.in_worker():
+        print(f"normexp: stopped by signal {signum} between two jobs: the others did not start; run the same "
+              "command again to resume", file=sys.stderr)
+        sys.exit(128 + signum)
 
 
 if __name__ == "__main__":
