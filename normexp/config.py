@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from normexp import data, logger, norm, optim, runguard, stopping, sweeps, trainer
+from normexp import data, logger, norm, optim, runguard, seeds, stopping, sweeps, trainer
 from normexp.model import LeNet
 from normexp.runfiles import RunFolderError
 
@@ -33,7 +33,7 @@ def problems(cfg: DictConfig, fetch: bool = False) -> list[str]:
     With ``fetch``, missing data is downloaded (where ``data.download`` allows) once everything else is valid,
     so that the batch size can be checked against the training split."""
     found = norm.validate(cfg.norm, LeNet.CHANNELS) + optim.validate(cfg.optim) + trainer.validate(cfg.train)
-    found += logger.validate(cfg.get("logger"))
+    found += logger.validate(cfg.get("logger")) + seeds.validate(cfg)
     bs = cfg.batch_size
     if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
         found.append(f"batch_size={bs!r}: must be an integer >= 1")
@@ -178,7 +178,19 @@ def sweep_problems(config: DictConfig, job_configs: list[DictConfig] | None = No
             continue
         found += problems(job_config, fetch=True)
         job_configs.append(job_config)
+    found += seeds_swept_twice(job_configs)
     return found or sweep_folder_problems(job_configs)
+
+
+def seeds_swept_twice(job_configs: list[DictConfig]) -> list[str]:
+    """train.seeds beside a sweep of several train.seed values would train each seed once per value."""
+    packed = [c for c in job_configs if c.train.get("seeds") is not None]
+    swept = sorted({c.train.seed for c in packed})
+    if len(swept) < 2:
+        return []
+    chosen = OmegaConf.to_container(packed[0].train.seeds)
+    return [f"train.seeds={chosen}: the sweep also sweeps train.seed ({', '.join(map(str, swept))}), and each "
+            "job trains every seed of train.seeds; sweep train.seed or set train.seeds, not both"]
 
 
 def task_config(config: DictConfig) -> DictConfig:
@@ -196,12 +208,22 @@ def task_config(config: DictConfig) -> DictConfig:
 
 def prepare_folder(run_dir: Path, cfg: DictConfig, where: str) -> None:
     """Before Hydra writes into ``run_dir``: it holds nothing or this run (``train.resume``), or its results
-    are moved aside, .hydra/ and the log with them (``train.resume=false``); raises RunFolderError."""
-    now = runguard.marker(cfg)
-    if cfg.train.resume:
-        runguard.check(run_dir, now, where)
-    else:
-        runguard.start_over(run_dir, with_logs=True)
+    are moved aside, .hydra/ and the log with them (``train.resume=false``); raises RunFolderError. For a
+    job of ``train.seeds``, each seed's folder below it."""
+    for folder, one in run_folders(run_dir, cfg):
+        now = runguard.marker(one)
+        if one.train.resume:
+            runguard.check(folder, now, where)
+        else:
+            runguard.start_over(folder, with_logs=True)
+
+
+def run_folders(job_dir: Path, cfg: DictConfig) -> list[tuple[Path, DictConfig]]:
+    """The run folders of a job and their configs: the job's own, or one per seed of ``train.seeds``."""
+    if cfg.train.get("seeds") is None:
+        return [(job_dir, cfg)]
+    chosen = [int(s) for s in cfg.train.seeds]
+    return [(d, seeds.seed_config(cfg, s)) for d, s in zip(seeds.run_dirs(job_dir, chosen), chosen, strict=True)]
 
 
 def run_folder_problems(config: DictConfig) -> list[str]:
@@ -257,7 +279,8 @@ class ValidateConfig(Callback):
         exit_with(sweep_problems(config, job_configs))
         launcher = str(config.hydra.launcher.get("_target_", ""))
         if job_configs and launcher.endswith(STOPPABLE_LAUNCHERS):
-            stopping.begin_sweep([job_folder(c, i) / runguard.LOCK for i, c in enumerate(job_configs)])
+            stopping.begin_sweep([folder / runguard.LOCK for i, c in enumerate(job_configs)
+                                  for folder, _ in run_folders(job_folder(c, i), c)])
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         stopping.guard_worker()

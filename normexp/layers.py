@@ -56,20 +56,24 @@ class FilterResponseNorm2d(nn.Module):
 
     On a 1x1 map nu^2 = x^2, so x / sqrt(x^2 + eps) is about sign(x) and its gradient nearly vanishes; the
     paper learns eps there. With ``learn_eps`` the layer uses eps + |eps_l|, eps_l a learned scalar starting
-    at ``LEARNED_EPS_START``. gamma starts at 1, beta and tau at 0."""
+    at ``LEARNED_EPS_START``. gamma starts at 1, beta and tau at 0. ``seeds`` > 1: the channels of that
+    many packed seeds (seed-major), each seed with its own learned eps."""
 
-    def __init__(self, num_channels: int, eps: float = 1e-6, learn_eps: bool = False, tlu: bool = True
-                 ) -> None:
+    def __init__(self, num_channels: int, eps: float = 1e-6, learn_eps: bool = False, tlu: bool = True,
+                 seeds: int = 1) -> None:
         super().__init__()
-        self.num_channels, self.eps = num_channels, eps
+        self.num_channels, self.eps, self.seeds = num_channels, eps, seeds
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.tau = nn.Parameter(torch.zeros(num_channels)) if tlu else None
-        self.eps_l = nn.Parameter(torch.tensor(LEARNED_EPS_START)) if learn_eps else None
+        eps_shape = () if seeds == 1 else (seeds,)
+        self.eps_l = nn.Parameter(torch.full(eps_shape, LEARNED_EPS_START)) if learn_eps else None
 
     def forward(self, x: Tensor) -> Tensor:
         nu2 = x.square().mean(dim=(2, 3), keepdim=True)
         eps = self.eps if self.eps_l is None else self.eps + self.eps_l.abs()
+        if self.eps_l is not None and self.seeds > 1:
+            eps = _per_channel(eps.repeat_interleave(self.num_channels // self.seeds))
         y = torch.addcmul(_per_channel(self.bias), x * torch.rsqrt(nu2 + eps), _per_channel(self.weight))
         return y if self.tau is None else torch.maximum(y, _per_channel(self.tau))
 

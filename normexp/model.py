@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -20,8 +21,8 @@ class Conv2d(nn.Conv2d):
     every call with the gradient through it (e.g. weight standardisation); without one, ``nn.Conv2d``."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
-                 weight_fn: WeightFunction | None = None) -> None:
-        super().__init__(in_channels, out_channels, kernel_size)
+                 weight_fn: WeightFunction | None = None, groups: int = 1) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, groups=groups)
         self.weight_fn = weight_fn
 
     def conv_weight(self) -> Tensor:
@@ -38,12 +39,18 @@ class WholeInputConv2d(Conv2d):
     """A convolution whose kernel covers its whole input (here 4x4 on 4x4): a single output position, so a
     single matrix product. PyTorch's native CPU convolution (used up to batch size 8) handles it example by
     example, re-writing the whole 1.6 MB weight gradient for each: 1.2-1.7x slower at batch sizes 1-4
-    (measured). Other layouts (channels-last for oneDNN) take the ordinary convolution."""
+    (measured). Other layouts (channels-last for oneDNN) take the ordinary convolution. Grouped (packed
+    seeds): one batched matrix product, a group's product as the ungrouped layer's."""
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self.conv_weight()
         if x.shape[-2:] == self.kernel_size and x.is_contiguous() and weight.is_contiguous():
-            return F.linear(x.flatten(1), weight.flatten(1), self.bias)[:, :, None, None]
+            if self.groups == 1:
+                return F.linear(x.flatten(1), weight.flatten(1), self.bias)[:, :, None, None]
+            g, n = self.groups, len(x)
+            inputs = x.view(n, g, -1).transpose(0, 1)  # (groups, batch, fan-in)
+            out = torch.baddbmm(self.bias.view(g, 1, -1), inputs, weight.view(g, -1, inputs.shape[-1]).mT)
+            return out.transpose(0, 1).reshape(n, -1, 1, 1)
         return self._conv_forward(x, weight, self.bias)
 
 
@@ -55,20 +62,27 @@ class LeNet(nn.Module):
     the three convolutions before the norm layers apply to their weights on every call (not the 1x1
     classifier), and ``activation``, the layer in place of the ReLU, by channel count (for a norm layer that
     brings its own nonlinearity).
+
+    ``seeds`` > 1 packs that many LeNets side by side (as in Packed-Ensembles): seed s's digits are input
+    channel s, every convolution has ``groups=seeds``, and each layer's channels are seed-major (seed s
+    owns channels s*C to (s+1)*C - 1), so ``norm_layer`` and ``activation`` get seeds * C channels and must
+    never mix two seeds. The output is (batch, seeds * classes).
     """
 
     CHANNELS = (20, 50, 500)
 
     def __init__(self, norm_layer: NormLayer, num_classes: int = 10, init_std: float = 0.01, *,
-                 conv_weight: WeightFunction | None = None, activation: NormLayer | None = None) -> None:
+                 conv_weight: WeightFunction | None = None, activation: NormLayer | None = None,
+                 seeds: int = 1) -> None:
         super().__init__()
-        c1, c2, c3 = self.CHANNELS
-        activation = activation or relu
+        c1, c2, c3 = (c * seeds for c in self.CHANNELS)
+        activation, g = activation or relu, seeds
+        self.seeds = seeds
         self.features = nn.Sequential(
-            Conv2d(1, c1, 5, conv_weight), norm_layer(c1), nn.MaxPool2d(2),
-            Conv2d(c1, c2, 5, conv_weight), norm_layer(c2), nn.MaxPool2d(2),
-            WholeInputConv2d(c2, c3, 4, conv_weight), norm_layer(c3), activation(c3),
-            nn.Conv2d(c3, num_classes, 1),
+            Conv2d(g, c1, 5, conv_weight, g), norm_layer(c1), nn.MaxPool2d(2),
+            Conv2d(c1, c2, 5, conv_weight, g), norm_layer(c2), nn.MaxPool2d(2),
+            WholeInputConv2d(c2, c3, 4, conv_weight, g), norm_layer(c3), activation(c3),
+            nn.Conv2d(c3, num_classes * g, 1, groups=g),
         )
         for module in self.modules():
             if isinstance(module, nn.Conv2d):

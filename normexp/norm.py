@@ -153,8 +153,15 @@ class BatchRenorm2d(nn.Module):
         # 1 in PyTorch's convention; the writeup's code starts it at 0 (r and d are clipped at first then)
         self.register_buffer("running_std", torch.full((num_features,), float(initial_std)))
 
-    def set_limits(self, r_max: float, d_max: float) -> None:
-        self.r_max, self.d_max = float(r_max), float(d_max)
+    def set_limits(self, r_max: float | Sequence[float], d_max: float | Sequence[float]) -> None:
+        """The limits, or one pair per packed seed (its channels seed-major)."""
+        self.r_max, self.d_max = self._limit(r_max), self._limit(d_max)
+
+    def _limit(self, value: float | Sequence[float]) -> float | torch.Tensor:
+        if isinstance(value, (int, float)):
+            return float(value)
+        per_seed = torch.tensor(value, dtype=self.running_std.dtype, device=self.running_std.device)
+        return per_seed.repeat_interleave(self.num_features // len(per_seed))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -195,7 +202,8 @@ def renorm_limits(cfg: DictConfig, epoch: int, step: int) -> tuple[float, float]
     return 1.0 + frac * (cfg.r_max - 1.0), frac * cfg.d_max
 
 
-def set_renorm_limits(model: nn.Module, r_max: float, d_max: float) -> None:
+def set_renorm_limits(model: nn.Module, r_max: float | Sequence[float], d_max: float | Sequence[float]
+                      ) -> None:
     for module in model.modules():
         if isinstance(module, BatchRenorm2d):
             module.set_limits(r_max, d_max)
@@ -236,11 +244,30 @@ class RenormSchedule:
         r_max, d_max = renorm_limits(self.cfg, epoch, step)
         return {"r_max": r_max, "d_max": d_max}
 
-    def apply(self, model: nn.Module, values: dict[str, float]) -> None:
+    def apply(self, model: nn.Module, values: dict[str, float] | dict[str, list[float]]) -> None:
+        """Sets the values in ``model``; for a model of packed seeds, one value per seed."""
         set_renorm_limits(model, values["r_max"], values["d_max"])
 
 
 # ---------------------------------------------------------------- the registry: one entry per norm
+
+
+def _per_channel_pack(cfg: DictConfig, num_channels: int, seeds: int) -> nn.Module:
+    return REGISTRY[cfg.name].build(cfg, num_channels * seeds)
+
+
+def _grouped_pack(groups: Callable[[DictConfig, int], int]) -> Callable[[DictConfig, int, int], nn.Module]:
+    """Packed group norm: each seed's own groups (seed-major channels), so that none spans two seeds."""
+    return lambda cfg, c, seeds: layers.GroupNorm(groups(cfg, c) * seeds, c * seeds, eps=cfg.eps)
+
+
+def _frn_pack(cfg: DictConfig, num_channels: int, seeds: int) -> nn.Module:
+    return layers.FilterResponseNorm2d(num_channels * seeds, eps=cfg.eps, learn_eps=cfg.learn_eps,
+                                       tlu=cfg.tlu == "every", seeds=seeds)
+
+
+def _evonorm_pack(cfg: DictConfig, num_channels: int, seeds: int) -> nn.Module:
+    return layers.EvoNormS0(num_channels * seeds, _gn_groups(cfg, num_channels) * seeds, eps=cfg.eps)
 
 
 def _no_checks(cfg: DictConfig, channel_counts: Sequence[int]) -> list[str]:
@@ -356,6 +383,10 @@ class NormSpec:
     autonn_factors: dict[str, tuple[float, float]] = field(
         default_factory=lambda: {"weight": (1.0, 1.0), "bias": (1.0, 1.0)}
     )
+    # (cfg, channels per seed, seeds) -> the layer for that many packed seeds (channels seed-major), its
+    # statistics never spanning two seeds; by default ``build`` for all the channels (a per-channel layer).
+    # None: the layer cannot be packed safely, and its seeds run one after another
+    pack: Callable[[DictConfig, int, int], nn.Module] | None = _per_channel_pack
 
 
 REGISTRY: dict[str, NormSpec] = {
@@ -375,18 +406,23 @@ REGISTRY: dict[str, NormSpec] = {
         kernels="bn",
         autonn_factors=BN_AUTONN_FACTORS,
     ),
-    "gn": NormSpec(_group_norm(_gn_groups), (nn.GroupNorm,), _gn_checks, kernels="gn"),
-    "ln": NormSpec(_group_norm(lambda cfg, c: 1), (nn.GroupNorm,), _eps_checks, kernels="gn"),
-    "in": NormSpec(_group_norm(lambda cfg, c: c), (nn.GroupNorm,), _eps_checks, kernels="gn"),
+    "gn": NormSpec(_group_norm(_gn_groups), (nn.GroupNorm,), _gn_checks, kernels="gn",
+                   pack=_grouped_pack(_gn_groups)),
+    "ln": NormSpec(_group_norm(lambda cfg, c: 1), (nn.GroupNorm,), _eps_checks, kernels="gn",
+                   pack=_grouped_pack(lambda cfg, c: 1)),
+    "in": NormSpec(_group_norm(lambda cfg, c: c), (nn.GroupNorm,), _eps_checks, kernels="gn",
+                   pack=_grouped_pack(lambda cfg, c: c)),
     "frn": NormSpec(_frn, (layers.FilterResponseNorm2d, layers.TLU), _frn_checks, kernels="elementwise",
-                    activation=_frn_activation, autonn_factors=PLAIN_AUTONN_FACTORS),
+                    activation=_frn_activation, autonn_factors=PLAIN_AUTONN_FACTORS, pack=_frn_pack),
     "ws_gn": NormSpec(_group_norm(_gn_groups), (nn.GroupNorm,), _ws_gn_checks, kernels="gn",
-                      conv_weight=lambda cfg: layers.StandardizedWeight(cfg.ws_eps)),
+                      conv_weight=lambda cfg: layers.StandardizedWeight(cfg.ws_eps),
+                      pack=_grouped_pack(_gn_groups)),
     "evonorm_s0": NormSpec(lambda cfg, c: layers.EvoNormS0(c, _gn_groups(cfg, c), eps=cfg.eps),
                            (layers.EvoNormS0,), _gn_checks, kernels="elementwise",
-                           activation=lambda cfg, c: nn.Identity(), autonn_factors=PLAIN_AUTONN_FACTORS),
+                           activation=lambda cfg, c: nn.Identity(), autonn_factors=PLAIN_AUTONN_FACTORS,
+                           pack=_evonorm_pack),
     "custom": NormSpec(lambda cfg, c: layers.build_custom(cfg.target, cfg.kwargs, c), (layers.CustomNorm,),
-                       _custom_checks, kernels="custom", autonn_factors=PLAIN_AUTONN_FACTORS),
+                       _custom_checks, kernels="custom", autonn_factors=PLAIN_AUTONN_FACTORS, pack=None),
 }
 NORM_NAMES = tuple(REGISTRY)
 
@@ -394,6 +430,16 @@ NORM_NAMES = tuple(REGISTRY)
 def create_norm_layer(cfg: DictConfig, num_channels: int) -> nn.Module:
     """The normalization layer named by ``cfg.name`` for ``num_channels`` channels."""
     return REGISTRY[cfg.name].build(cfg, num_channels)
+
+
+def create_packed_layer(cfg: DictConfig, num_channels: int, seeds: int) -> nn.Module:
+    """The layer for ``num_channels`` channels of ``seeds`` packed seeds (``num_channels / seeds`` each)."""
+    return REGISTRY[cfg.name].pack(cfg, num_channels // seeds, seeds)
+
+
+def can_pack(cfg: DictConfig) -> bool:
+    """Whether seeds of this norm can train packed in one network (else they run one after another)."""
+    return REGISTRY[cfg.name].pack is not None
 
 
 def is_normalized(cfg: DictConfig) -> bool:

@@ -54,6 +54,9 @@ log = logging.getLogger("normexp")
 ONE_THREAD_MAX = 1
 NATIVE_CONV_MAX = 8
 NCHW_MAX = 32
+# train.seeds on CPU: packed in one network up to this batch size, one after another beyond (where packing
+# was measured to lose: docs/performance.md, scripts/bench.py --packed); on a GPU always packed
+PACK_MAX_BATCH = 16
 
 # The measured settings: a JSON file per machine and normexp version, in cache_dir()
 CACHE_SCHEMA = 1
@@ -266,6 +269,11 @@ def choose(
         channels_last=fast and cpu and use_mkldnn and layout,
         source=rule.source,
     )
+
+
+def pack_size(batch_size: int, device: torch.device, seeds: int) -> int:
+    """How many seeds of a ``train.seeds`` job train packed together (1: one after another)."""
+    return seeds if device.type != "cpu" or batch_size <= PACK_MAX_BATCH else 1
 
 
 def apply(settings: CpuSettings) -> None:

@@ -21,6 +21,7 @@ class RunState:
     wall_seconds: float = 0.0  # of every session, up to the last reading of the clock
     epoch_seconds: float = 0.0  # training time of this epoch in earlier sessions
     cpu_settings: dict[str, Any] = field(default_factory=dict)  # what it runs with, by "train" and "eval"
+    pack: dict[str, Any] = field(default_factory=dict)  # a seed of train.seeds: how its seeds ran
     epoch_log: EpochLog = field(default_factory=EpochLog)
 
     def new_epoch(self) -> None:

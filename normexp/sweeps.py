@@ -4,7 +4,17 @@ sweep, listed exactly as Hydra's basic sweeper will launch them, without importi
 from __future__ import annotations
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+PACK_JOB_FILES = ".pack"  # a job of train.seeds keeps Hydra's files here: its seeds' folders hold .hydra/
+
+
+def job_files(seeds: object) -> str:
+    """hydra.output_subdir (conf/config.yaml): .hydra, or PACK_JOB_FILES for a job of ``train.seeds``."""
+    return ".hydra" if seeds is None else PACK_JOB_FILES
+
+
+OmegaConf.register_new_resolver("normexp_job_files", job_files, replace=True)
 
 
 def is_basic_sweeper(config: DictConfig) -> bool:

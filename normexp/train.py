@@ -18,10 +18,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from normexp import data, runguard, stopping
+from normexp import data, runguard, seeds, stopping
 from normexp.config import check_command_line
 from normexp.runfiles import RunFolderError
-from normexp.trainer import Trainer
+from normexp.trainer import Outcome, Trainer
 
 log = logging.getLogger("normexp")
 
@@ -32,7 +32,7 @@ def main(cfg: DictConfig) -> None:
     if stopping.requested() is not None:
         return not_started(stopping.requested())
     try:
-        outcome = Trainer(cfg, run_dir).fit()
+        outcomes = fit(cfg, run_dir)
     except data.DataError as err:
         log.error("failed: %s", err)  # the last line of the run's train.log, for normexp.status
         print(f"normexp: error: {err}", file=sys.stderr)
@@ -51,12 +51,23 @@ def main(cfg: DictConfig) -> None:
     except Exception as err:
         log.error("failed: %s: %s", type(err).__name__, err)
         raise
-    result = outcome.summary
-    if outcome.status == "completed" and result["final_val_error"] is not None:
-        log.info("completed: final val error %.4f (best %.4f at epoch %d)", result["final_val_error"],
-                 result["best_val_error"], result["best_epoch"])
-    if outcome.exit_code and not stopping.in_worker():  # a worker's sweep exits with it in its main process
-        sys.exit(outcome.exit_code)
+    for outcome in outcomes:
+        result = outcome.summary
+        if outcome.status == "completed" and result["final_val_error"] is not None:
+            log.info("completed%s: final val error %.4f (best %.4f at epoch %d)",
+                     f" (seed {result['seed']})" if len(outcomes) > 1 else "", result["final_val_error"],
+                     result["best_val_error"], result["best_epoch"])
+    exit_code = max((o.exit_code for o in outcomes), default=0)
+    if exit_code and not stopping.in_worker():  # a worker's sweep exits with it in its main process
+        sys.exit(exit_code)
+
+
+def fit(cfg: DictConfig, run_dir: Path) -> list[Outcome]:
+    """The run, or each seed of a job of ``train.seeds`` (in its folder below the job's)."""
+    if cfg.train.get("seeds") is None:
+        return [Trainer(cfg, run_dir).fit()]
+    hydra = HydraConfig.get()
+    return seeds.fit(cfg, run_dir, list(hydra.overrides.task), run_dir / str(hydra.output_subdir))
 
 
 def not_started(signum: int) -> None:

@@ -94,17 +94,18 @@ def cpu_settings(
                        family=norm.kernels(cfg.norm))
 
 
-def set_up(cfg: DictConfig, jobs: int, kept: dict[str, Any] | None = None) -> Setup:
+def set_up(cfg: DictConfig, jobs: int, kept: dict[str, Any] | None = None,
+           splits: tuple[data.Split, data.Split] | None = None) -> Setup:
     """CPU settings (for ``jobs`` jobs sharing the box; ``kept``: a resumed run's, by "train" and "eval"),
-    data, the LeNet in the training layout (its initial weights drawn after seeding torch's RNG with
-    train.seed) and its SGD (fused on the fast path)."""
+    data (``splits``, where already loaded), the LeNet in the training layout (its initial weights drawn
+    after seeding torch's RNG with train.seed) and its SGD (fused on the fast path)."""
     tc, kept = cfg.train, kept or {}
     device = resolve_device(tc.device)
     cpu = cpu_settings(cfg, cfg.batch_size, device, jobs, kept.get("train"))
     eval_cpu = cpu_settings(cfg, tc.eval_batch_size, device, jobs, kept.get("eval"))
     perf.apply(cpu)
     torch.manual_seed(tc.seed)
-    train_set, test_set = data.load(cfg.data, device)
+    train_set, test_set = data.load(cfg.data, device) if splits is None else splits
     model = LeNet(partial(norm.create_norm_layer, cfg.norm), conv_weight=norm.conv_weight(cfg.norm),
                   activation=norm.activation(cfg.norm)).to(device, memory_format=cpu.memory_format)
     lr = optim.learning_rate(cfg.optim, cfg.batch_size, norm.is_normalized(cfg.norm))
@@ -186,24 +187,42 @@ class Trainer:
         runguard.record(self.run_dir, now)
 
     def _fit(self) -> Outcome:
-        if self.tc.resume and runfiles.is_finished(self.run_dir, self.epochs):
-            previous = runfiles.read_summary(self.run_dir)
-            log.info("%s: already %s after %d epochs, nothing to do", self.run_dir, previous["status"],
-                     previous["epochs_run"])
-            return Outcome(previous["status"], previous)
-        checkpoint = self._checkpoint() if self.tc.resume else None
-        self.build(kept=None if checkpoint is None else checkpoint.get("cpu_settings"))
-        state = self.start(checkpoint)
-        self._log_start()
+        finished = self.finished()
+        if finished is not None:
+            return finished
+        return self.train(self.resume())
+
+    def train(self, state: RunState) -> Outcome:
+        """The planned epochs from ``state`` on, to the run's end."""
         with steps.StopSignal() as stop:
             while state.epoch < self.epochs:
                 outcome = self.train_epoch(state, stop)
                 if outcome is not None:
                     return outcome
-        runfiles.write_metrics(self.run_dir, state.rows)  # again: a run killed between checkpoint and metrics
-        return self._end("completed", state)
+        return self.complete(state)
 
-    def _checkpoint(self) -> dict[str, Any] | None:
+    def finished(self) -> Outcome | None:
+        """The outcome of a run the folder holds finished already (where ``train.resume`` allows)."""
+        if not (self.tc.resume and runfiles.is_finished(self.run_dir, self.epochs)):
+            return None
+        previous = runfiles.read_summary(self.run_dir)
+        log.info("%s: already %s after %d epochs, nothing to do", self.run_dir, previous["status"],
+                 previous["epochs_run"])
+        return Outcome(previous["status"], previous)
+
+    def resume(self, splits: tuple[data.Split, data.Split] | None = None) -> RunState:
+        """The run set up (``splits``: data already loaded) and started from its checkpoint, if any."""
+        checkpoint = self.read_checkpoint() if self.tc.resume else None
+        self.build(kept=None if checkpoint is None else checkpoint.get("cpu_settings"), splits=splits)
+        state = self.start(checkpoint)
+        self._log_start()
+        return state
+
+    def complete(self, state: RunState) -> Outcome:
+        runfiles.write_metrics(self.run_dir, state.rows)  # again: a run killed between checkpoint and metrics
+        return self.end("completed", state)
+
+    def read_checkpoint(self) -> dict[str, Any] | None:
         """The run folder's checkpoint, if any; one that cannot be read is one line."""
         try:
             checkpoint = runfiles.load_checkpoint(self.run_dir)
@@ -218,11 +237,12 @@ class Trainer:
         return runfiles.RunFolderError(f"{self.run_dir / runfiles.CHECKPOINT}: {what} ({type(err).__name__}: "
                                        f"{reason}); {runguard.START_OVER}")
 
-    def build(self, kept: dict[str, Any] | None = None) -> Setup:
-        """The run's CPU settings (``kept``: those a resumed run ran with), data, model and optimizer (made
-        once)."""
+    def build(self, kept: dict[str, Any] | None = None,
+              splits: tuple[data.Split, data.Split] | None = None) -> Setup:
+        """The run's CPU settings (``kept``: those a resumed run ran with), data (``splits``, where another
+        run has loaded them), model and optimizer (made once)."""
         if self.setup is None:
-            self.setup = set_up(self.cfg, self.jobs, kept)
+            self.setup = set_up(self.cfg, self.jobs, kept, splits)
         return self.setup
 
     def start(self, checkpoint: dict[str, Any] | None = None) -> RunState:
@@ -254,14 +274,14 @@ class Trainer:
                 batch_before = state.batch
                 divergence = self.train_chunk(state, batches, stop)
                 if divergence is not None:
-                    return self._diverged(state, divergence)
+                    return self.diverged(state, divergence)
                 progress.update(state, state.batch - batch_before)
         finally:
             progress.close()
         state.epoch_seconds += time.perf_counter() - started  # the epoch's training time so far
         if stop.signum is not None:
-            return self._interrupted(state, stop.signum)
-        self._end_epoch(state, batches)
+            return self.interrupted(state, stop.signum)
+        self.end_epoch(state, batches)
         return None
 
     def begin_epoch(self, state: RunState) -> list[torch.Tensor]:
@@ -272,7 +292,7 @@ class Trainer:
         self.setup.model.train()
         if self.schedule is not None:
             self.schedule.begin_epoch(state.step - state.batch + 1, batches)
-        self._follow_schedule(state.epoch, state.step)
+        self.follow_schedule(state.epoch, state.step)
         return batches
 
     def train_chunk(
@@ -286,7 +306,7 @@ class Trainer:
         comes), then one look at their losses; the divergence among them, if any."""
         s, first = self.setup, state.step
         per_step = self.schedule is not None and self.schedule.per_step
-        before_step = partial(self._follow_schedule, state.epoch) if per_step else None
+        before_step = partial(self.follow_schedule, state.epoch) if per_step else None
         chunk = batches[state.batch : state.batch + min(self.sync_every, max_steps or self.sync_every)]
         taken = steps.train_steps(s.model, s.optimizer, s.train_set, chunk, state.epoch_log,
                                   s.cpu.memory_format, first, before_step, stop)
@@ -296,7 +316,7 @@ class Trainer:
             self.logger.sync(state.step, state.epoch_log.running_loss)
         return divergence
 
-    def _follow_schedule(self, epoch: int, step: int) -> None:
+    def follow_schedule(self, epoch: int, step: int) -> None:
         """The norm's scheduled values for the step after ``step`` steps, during epoch ``epoch`` (from 0)."""
         if self.schedule is None:
             return
@@ -305,7 +325,7 @@ class Trainer:
             self.schedule.apply(self.setup.model, values)
             self.schedule_values = values
 
-    def _end_epoch(self, state: RunState, batches: list[torch.Tensor]) -> None:
+    def end_epoch(self, state: RunState, batches: list[torch.Tensor]) -> None:
         """Validation, the epoch's metrics row, and a checkpoint at the start of the next epoch."""
         trained, n_train = time.perf_counter(), len(self.setup.train_set)
         train_loss, train_error = state.epoch_log.means(torch.tensor([len(b) for b in batches]), n_train)
@@ -323,24 +343,24 @@ class Trainer:
         self._save(state)
         self.logger.epoch(state.rows)
 
-    def _diverged(self, state: RunState, divergence: steps.Divergence) -> Outcome:
+    def diverged(self, state: RunState, divergence: steps.Divergence) -> Outcome:
         """The run ends as a result: steps after the bad one in its chunk ran on an already blown-up model."""
         state.step = divergence.step
         log.warning("diverged: training loss %s at epoch %d, step %d", divergence.loss, divergence.epoch,
                     divergence.step)
         runfiles.write_metrics(self.run_dir, state.rows)
         at = {"epoch": divergence.epoch, "step": divergence.step, "loss": divergence.loss}
-        return self._end("diverged", state, diverged_at=at)
+        return self.end("diverged", state, diverged_at=at)
 
-    def _interrupted(self, state: RunState, signum: int) -> Outcome:
+    def interrupted(self, state: RunState, signum: int) -> Outcome:
         self._save(state)
-        outcome = self._end("interrupted", state, signum, interrupted_at={"epoch": state.epoch + 1,
+        outcome = self.end("interrupted", state, signum, interrupted_at={"epoch": state.epoch + 1,
                                                                            "batch": state.batch})
         log.warning("stopped by signal %d at epoch %d, batch %d: checkpoint saved; run the same command "
                     "again to resume", signum, state.epoch + 1, state.batch)
         return outcome
 
-    def _end(self, status: str, state: RunState, signum: int | None = None, **extra: Any) -> Outcome:
+    def end(self, status: str, state: RunState, signum: int | None = None, **extra: Any) -> Outcome:
         summary = self._summary(status, state, **extra)
         self.logger.end(status, summary)
         return Outcome(status, summary, signum)
@@ -374,7 +394,8 @@ class Trainer:
             "cpu_settings_from": s.cpu.source, "eval_cpu_settings": s.eval_cpu.as_dict(),
             "protocol": sweeps.protocol_name(protocol), "protocol_settings": protocol,
             "peak_rss_mb": round(memory.peak_rss_mb(), 1),
-            "config": OmegaConf.to_container(self.cfg, resolve=True), **extra,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            **({"pack": state.pack} if state.pack else {}), **extra,
         }
         runfiles.write_summary(self.run_dir, summary)
         return summary

@@ -14,8 +14,9 @@ LAYERS = [
     {"validation", "runfiles", "sweeps", "memory", "layers", "fingerprint", "stopping"},
     {"data", "model", "norm", "optim", "perf", "results", "status", "logger", "claims"},
     {"steps", "plots", "launchers", "runguard"},
-    {"runstate"},
+    {"runstate", "pack"},
     {"trainer"},
+    {"seeds"},
     {"config", "tune"},
     {"train"},
 ]

@@ -125,7 +125,7 @@ def test_an_interrupted_run_resumes_its_running_loss_where_it_stopped(tiny_mnist
     batches = trainer.begin_epoch(state)
     for _ in range(5):
         trainer.train_chunk(state, batches)
-    outcome = trainer._interrupted(state, 15)  # as a SIGTERM after step 5 ends it
+    outcome = trainer.interrupted(state, 15)  # as a SIGTERM after step 5 ends it
     assert outcome.status == "interrupted"
     assert fit(tiny_mnist, run, "train.epochs=2").status == "completed"
     steps = unique_steps(events(run))

@@ -1,0 +1,249 @@
+"""Several seeds of one configuration in one job (owns ``train.seeds``).
+
+Each seed is its own run in ``<job folder>/seed=<s>/``, written exactly as if it had run alone: its own
+``.hydra/`` (``train.seed: s``), metrics.csv, summary.json, checkpoint.pt and lock. Where packing pays
+(``perf.pack_size``) the seeds train packed in one network (``normexp.pack``), else one after another in
+this process; either way each seed's initialisation, epoch order and optimizer state come from its own seed.
+A seed that diverges ends as diverged at its step and leaves the pack; the others go on. The job's own Hydra
+files go to ``<job folder>/.pack/``, so that the results find the seeds' folders and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from normexp import norm, pack, perf, runfiles, runguard, steps, validation
+from normexp.runstate import RunState
+from normexp.trainer import Outcome, Progress, Trainer, resolve_device
+
+log = logging.getLogger("normexp")
+
+SEED_FOLDER = "seed={}"
+TIMING_NOTE = "wall_seconds, samples_per_s and peak_rss_mb are the pack's (its seeds trained together)"
+MB_PER_SEED = 8.0  # weights, gradients, momentum and the solo copy of one LeNet (431,080 floats, 4 of each)
+MB_PER_EXAMPLE = 0.45  # activations kept for the backward pass, and their gradients, per training example
+MB_BASE = 600.0  # torch, the data and evaluation
+
+
+def memory_needed_mb(seeds: int, batch_size: int) -> float:
+    """About what a job of ``seeds`` packed seeds needs at ``batch_size`` (an upper bound when they run one
+    after another)."""
+    return MB_BASE + seeds * (MB_PER_SEED + MB_PER_EXAMPLE * batch_size)
+
+
+def available_memory_mb() -> float | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def validate(cfg: DictConfig) -> list[str]:
+    """Problems with ``train.seeds`` (null, or a list of distinct seeds, each as ``train.seed`` allows)."""
+    seeds = cfg.train.get("seeds")
+    if seeds is None:
+        return []
+    shown = OmegaConf.to_container(seeds) if OmegaConf.is_config(seeds) else seeds
+    if not OmegaConf.is_list(seeds) or len(seeds) == 0:
+        return [f"train.seeds={shown!r}: must be a non-empty list of seeds, e.g. [0,1,2], or null"]
+    bad = [s for s in shown if not validation.is_integer(s, 0)]
+    if bad:
+        return [f"train.seeds={shown!r}: {bad[0]!r} is not a seed; each must be an integer >= 0 and at most "
+                f"{validation.INT64_MAX}, as train.seed"]
+    repeated = sorted({s for s in shown if shown.count(s) > 1})
+    if repeated:
+        return [f"train.seeds={shown!r}: seed {repeated[0]} appears twice; each seed must appear once"]
+    need, have = memory_needed_mb(len(shown), cfg.batch_size), available_memory_mb()
+    if isinstance(cfg.batch_size, int) and have is not None and need > have:
+        return [f"train.seeds={shown!r}: {len(shown)} seeds at batch size {cfg.batch_size} need about "
+                f"{need / 1024:.1f} GiB, more than the {have / 1024:.1f} GiB of memory available; pass fewer"]
+    return []
+
+
+def seed_config(cfg: DictConfig, seed: int) -> DictConfig:
+    """The configuration of one seed, as a solo run of it has it."""
+    one = cfg.copy()
+    with open_dict(one):
+        one.train.seed, one.train.seeds = int(seed), None
+    return one
+
+
+def run_dirs(job_dir: Path, seeds: list[int]) -> list[Path]:
+    return [job_dir / SEED_FOLDER.format(s) for s in seeds]
+
+
+def write_hydra_folder(run_dir: Path, cfg: DictConfig, overrides: list[str], hydra_dir: Path | None) -> None:
+    """The seed's ``.hydra/``: its config, the job's overrides with its own train.seed, and the job's
+    hydra.yaml."""
+    folder = run_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    seed_overrides = [o for o in overrides if not o.split("=")[0].lstrip("+~").startswith("train.seed")]
+    runfiles.write_atomic(folder / "config.yaml", OmegaConf.to_yaml(cfg).encode())
+    runfiles.write_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(
+        OmegaConf.create([*seed_overrides, f"train.seed={cfg.train.seed}"])).encode())
+    if hydra_dir is not None and (hydra_dir / "hydra.yaml").is_file():
+        runfiles.write_atomic(folder / "hydra.yaml", (hydra_dir / "hydra.yaml").read_bytes())
+
+
+def fit(cfg: DictConfig, job_dir: Path, overrides: list[str] = (), hydra_dir: Path | None = None,
+        jobs: int | None = None) -> list[Outcome]:
+    """Trains (or resumes) every seed of ``train.seeds`` into its folder below ``job_dir``, holding every
+    seed's lock; packs of seeds, or seeds one after another, as ``perf.pack_size`` says where they start
+    and as their checkpoints recorded where they resume. A signal ends the job after the running seeds
+    saved; seeds not started then stay so."""
+    seeds = [int(s) for s in cfg.train.seeds]
+    runs = [Trainer(seed_config(cfg, s), d, jobs) for s, d in zip(seeds, run_dirs(job_dir, seeds), strict=True)]
+    outcomes: list[Outcome] = []
+    with ExitStack() as stack:
+        for run in runs:
+            write_hydra_folder(run.run_dir, run.cfg, list(overrides), hydra_dir)
+            stack.enter_context(runguard.locked(run.run_dir))
+            run.claim()
+        pending = []
+        for run in runs:
+            done = run.finished()
+            outcomes.append(done) if done is not None else pending.append(run)
+        for group in plan(cfg, seeds, pending):
+            outcomes += group.fit() if len(group.runs) > 1 else [group.runs[0].train(group.states[0])]
+            if any(o.signum is not None for o in outcomes):
+                break
+    return outcomes
+
+
+def plan(cfg: DictConfig, seeds: list[int], runs: list[Trainer]) -> list[Pack]:
+    """The runs set up (data loaded once) and grouped: a pack of seeds at the same point of training, as
+    many as the rule allows, or as their checkpoints record."""
+    states: list[RunState] = []
+    for run in runs:
+        first = runs[0].setup
+        states.append(run.resume(None if first is None else (first.train_set, first.test_set)))
+    if not runs:
+        return []
+    recorded = next((st.pack["pack_size"] for st in states if st.pack.get("pack_size")), None)
+    size = recorded or perf.pack_size(cfg.batch_size, resolve_device(cfg.train.device), len(seeds))
+    if not norm.can_pack(cfg.norm):
+        size = 1
+    by_point: dict[tuple[int, int], list[int]] = {}
+    for i, st in enumerate(states):
+        by_point.setdefault((st.epoch, st.batch), []).append(i)
+    groups = []
+    for members in by_point.values():
+        for k in range(0, len(members), size):
+            chosen = members[k:k + size]
+            groups.append(Pack([runs[i] for i in chosen], [states[i] for i in chosen]))
+    for group in groups:
+        together = [r.tc.seed for r in group.runs] if len(group.runs) > 1 else []
+        for st in group.states:
+            st.pack = {"seeds": seeds, "pack_size": size, "packed_with": together,
+                       **({"note": TIMING_NOTE} if together else {})}
+    return groups
+
+
+@dataclass
+class Pack:
+    """Seeds trained together: their own runs (for everything a run writes) and one packed network."""
+
+    runs: list[Trainer]
+    states: list[RunState]
+    net: pack.PackedNet | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+    schedule_values: dict[str, list[float]] = field(default_factory=dict)
+
+    def fit(self) -> list[Outcome]:
+        self._pack()
+        with steps.StopSignal() as stop:
+            while self.runs and self.states[0].epoch < self.runs[0].epochs:
+                self._train_epoch(stop)
+        self.outcomes += [run.complete(st) for run, st in zip(self.runs, self.states, strict=True)]
+        return self.outcomes
+
+    def _pack(self) -> None:
+        """The packed network, from the runs' own models and optimizers (a new one when a seed left)."""
+        first = self.runs[0]
+        s = first.setup
+        self.net = pack.build(first.cfg, len(self.runs), first.lr, first.tc.fast, s.device,
+                              s.cpu.memory_format)
+        self.net.load([r.setup.model for r in self.runs], [r.setup.optimizer for r in self.runs])
+        self.schedule_values = {}
+
+    def _unpack(self) -> None:
+        self.net.unload([r.setup.model for r in self.runs], [r.setup.optimizer for r in self.runs])
+
+    def _train_epoch(self, stop: steps.StopSignal) -> None:
+        started = time.perf_counter()
+        batches = [run.begin_epoch(st) for run, st in zip(self.runs, self.states, strict=True)]
+        self.net.model.train()
+        self._follow_schedule(self.states[0].epoch, self.states[0].step)
+        first = self.runs[0]
+        progress = Progress(self.states[0], first.epochs, len(batches[0]), first.show_bar)
+        try:
+            while self.runs and self.states[0].batch < len(batches[0]) and stop.signum is None:
+                before = self.states[0].batch
+                self._train_chunk(batches, stop)
+                if self.runs:
+                    progress.update(self.states[0], self.states[0].batch - before)
+        finally:
+            progress.close()
+        if not self.runs:
+            return
+        for st in self.states:
+            st.epoch_seconds += time.perf_counter() - started
+        self._unpack()
+        if stop.signum is not None:
+            self.outcomes += [r.interrupted(st, stop.signum) for r, st in zip(self.runs, self.states, strict=True)]
+            self.runs, self.states = [], []
+            return
+        for run, st, b in zip(self.runs, self.states, batches, strict=True):
+            run.end_epoch(st, b)
+
+    def _train_chunk(self, batches: list[list[Any]], stop: steps.StopSignal) -> None:
+        """The next chunk of steps of every seed, one look at their losses, and the seeds that diverged in
+        it out of the pack."""
+        lead = self.runs[0]
+        st0 = self.states[0]
+        start, first, epoch = st0.batch, st0.step, st0.epoch
+        count = min(lead.sync_every, len(batches[0]) - start)
+        per_step = lead.schedule is not None and lead.schedule.per_step
+        before_step = (lambda step: self._follow_schedule(epoch, step)) if per_step else None
+        taken = pack.train_steps(self.net, lead.setup.train_set, batches, start, count,
+                                 [st.epoch_log for st in self.states], lead.setup.cpu.memory_format, first,
+                                 before_step, stop)
+        diverged = []
+        for i, (run, st) in enumerate(zip(self.runs, self.states, strict=True)):
+            st.step, st.batch = first + taken, start + taken
+            divergence = st.epoch_log.flush(run.tc.max_loss, first + 1, epoch + 1)
+            if divergence is None:
+                run.logger.sync(st.step, st.epoch_log.running_loss)
+            else:
+                diverged.append((i, divergence))
+        if diverged:
+            self._drop(diverged, batches)
+
+    def _drop(self, diverged: list[tuple[int, steps.Divergence]], batches: list[list[Any]]) -> None:
+        """Seeds that diverged end as such; the others are packed again without them."""
+        self._unpack()
+        for i, divergence in reversed(diverged):
+            self.outcomes.append(self.runs[i].diverged(self.states[i], divergence))
+            del self.runs[i], self.states[i], batches[i]
+        if len(self.runs) > 0:
+            self._pack()
+
+    def _follow_schedule(self, epoch: int, step: int) -> None:
+        """Each seed's scheduled values (its own clock), set in the packed network, one per seed."""
+        lead = self.runs[0]
+        if lead.schedule is None:
+            return
+        for run in self.runs:
+            run.follow_schedule(epoch, step)
+        values = {key: [run.schedule_values[key] for run in self.runs] for key in lead.schedule_values}
+        if values != self.schedule_values:
+            lead.schedule.apply(self.net.model, values)
+            self.schedule_values = values
