@@ -189,8 +189,9 @@ def seeds_swept_twice(job_configs: list[DictConfig]) -> list[str]:
     if len(swept) < 2:
         return []
     chosen = OmegaConf.to_container(packed[0].train.seeds)
-    return [f"train.seeds={chosen}: the sweep also sweeps train.seed ({', '.join(map(str, swept))}), and each "
-            "job trains every seed of train.seeds; sweep train.seed or set train.seeds, not both"]
+    listed = ", ".join(map(str, swept))
+    return [f"train.seeds={chosen}: the sweep also sweeps train.seed ({listed}), and each job trains "
+            "every seed of train.seeds; sweep train.seed or set train.seeds, not both"]
 
 
 def task_config(config: DictConfig) -> DictConfig:
@@ -223,7 +224,8 @@ def run_folders(job_dir: Path, cfg: DictConfig) -> list[tuple[Path, DictConfig]]
     if cfg.train.get("seeds") is None:
         return [(job_dir, cfg)]
     chosen = [int(s) for s in cfg.train.seeds]
-    return [(d, seeds.seed_config(cfg, s)) for d, s in zip(seeds.run_dirs(job_dir, chosen), chosen, strict=True)]
+    dirs = seeds.run_dirs(job_dir, chosen)
+    return [(d, seeds.seed_config(cfg, s)) for d, s in zip(dirs, chosen, strict=True)]
 
 
 def run_folder_problems(config: DictConfig) -> list[str]:

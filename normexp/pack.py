@@ -29,7 +29,8 @@ def _combined(parts: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor
     return torch.cat(list(parts), axis)
 
 
-def _part(packed: torch.Tensor, like: torch.Tensor, seed_index: int) -> torch.Tensor:
+def part_of(packed: torch.Tensor, like: torch.Tensor, seed_index: int) -> torch.Tensor:
+    """Seed ``seed_index``'s part of a packed tensor, shaped as ``like`` (its solo tensor): a view."""
     if packed.shape == like.shape:
         return packed
     if packed.dim() == like.dim() + 1:
@@ -56,7 +57,8 @@ class PackedNet:
                 buffers = [o.state.get(dict(m.named_parameters())[name], {}).get("momentum_buffer")
                            for m, o in zip(models, optimizers, strict=True)]
                 if all(b is not None for b in buffers):
-                    self.optimizer.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(_combined(buffers, p))
+                    combined = _combined(buffers, p)
+                    self.optimizer.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(combined)
 
     def unload(self, models: Sequence[torch.nn.Module], optimizers: Sequence[torch.optim.Optimizer]) -> None:
         """Each seed's part back into its own model and optimizer (which then hold what a solo run would)."""
@@ -64,20 +66,22 @@ class PackedNet:
         with torch.no_grad():
             for key, source in self.model.state_dict().items():
                 for i, sd in enumerate(solo):
-                    sd[key].copy_(_part(source, sd[key], i))
+                    sd[key].copy_(part_of(source, sd[key], i))
             for name, p in self.model.named_parameters():
                 buffer = self.optimizer.state.get(p, {}).get("momentum_buffer")
                 for i, (m, o) in enumerate(zip(models, optimizers, strict=True)):
                     mine = dict(m.named_parameters())[name]
                     if buffer is not None:
-                        o.state[mine]["momentum_buffer"] = torch.empty_like(mine).copy_(_part(buffer, mine, i))
+                        part = part_of(buffer, mine, i)
+                        o.state[mine]["momentum_buffer"] = torch.empty_like(mine).copy_(part)
 
 
 def build(cfg: DictConfig, seeds: int, lr: float, fused: bool, device: torch.device,
           memory_format: torch.memory_format) -> PackedNet:
     """An empty packed LeNet for ``seeds`` seeds and its SGD (the solo run's parameter groups); ``load``
     fills it."""
-    model = LeNet(partial(norm.create_packed_layer, cfg.norm, seeds=seeds), conv_weight=norm.conv_weight(cfg.norm),
+    layer = partial(norm.create_packed_layer, cfg.norm, seeds=seeds)
+    model = LeNet(layer, conv_weight=norm.conv_weight(cfg.norm),
                   activation=norm.activation(cfg.norm), seeds=seeds).to(device, memory_format=memory_format)
     optimizer = optim.build(model, cfg.optim, lr, norm.autonn_factors(model, cfg.norm), fused=fused)
     return PackedNet(model, optimizer, seeds)

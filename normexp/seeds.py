@@ -100,7 +100,8 @@ def fit(cfg: DictConfig, job_dir: Path, overrides: list[str] = (), hydra_dir: Pa
     and as their checkpoints recorded where they resume. A signal ends the job after the running seeds
     saved; seeds not started then stay so."""
     seeds = [int(s) for s in cfg.train.seeds]
-    runs = [Trainer(seed_config(cfg, s), d, jobs) for s, d in zip(seeds, run_dirs(job_dir, seeds), strict=True)]
+    dirs = run_dirs(job_dir, seeds)
+    runs = [Trainer(seed_config(cfg, s), d, jobs) for s, d in zip(seeds, dirs, strict=True)]
     outcomes: list[Outcome] = []
     with ExitStack() as stack:
         for run in runs:
@@ -198,7 +199,8 @@ class Pack:
             st.epoch_seconds += time.perf_counter() - started
         self._unpack()
         if stop.signum is not None:
-            self.outcomes += [r.interrupted(st, stop.signum) for r, st in zip(self.runs, self.states, strict=True)]
+            pairs = zip(self.runs, self.states, strict=True)
+            self.outcomes += [r.interrupted(st, stop.signum) for r, st in pairs]
             self.runs, self.states = [], []
             return
         for run, st, b in zip(self.runs, self.states, batches, strict=True):

@@ -22,11 +22,13 @@ from normexp.norm import (
     batch_norm_train,
     conv_weight,
     create_norm_layer,
+    create_packed_layer,
     norm_parameters,
     renorm_limits,
     set_renorm_limits,
     validate,
 )
+from normexp.pack import part_of
 
 EPS = 1e-4
 CHANNELS = (20, 50, 500)
@@ -491,3 +493,63 @@ def test_new_norms_with_their_defaults_are_valid():
     for groups in (1, 2, 5, 10, "per_channel"):
         assert validate(norm_cfg("evonorm_s0", groups=groups), CHANNELS) == []
         assert validate(norm_cfg("ws_gn", groups=groups), CHANNELS) == []
+
+
+# ---------------------------------------------------------------- packed seeds
+
+PACKED = ["bn", "bn moments=matconvnet", "brn", "brn moments=matconvnet", "gn", "ln", "in", "frn",
+          "frn tlu=every", "ws_gn", "evonorm_s0"]
+SEEDS, PER_SEED = 3, 20
+
+
+def packed_and_solo_layers(variant: str) -> tuple[nn.Module, list[nn.Module]]:
+    """A packed layer for three seeds with random parameters and statistics, and each seed's solo layer
+    holding its part of them."""
+    name, *options = variant.split()
+    cfg = norm_cfg(name, **dict(option.split("=") for option in options))
+    torch.manual_seed(0)
+    packed = create_packed_layer(cfg, PER_SEED * SEEDS, SEEDS).double()
+    with torch.no_grad():
+        for value in [*packed.parameters(), *packed.buffers()]:
+            if value.is_floating_point():
+                value.uniform_(0.5, 1.5)
+    solos = [create_norm_layer(cfg, PER_SEED).double() for _ in range(SEEDS)]
+    whole = packed.state_dict()
+    for i, solo in enumerate(solos):
+        solo.load_state_dict({k: part_of(whole[k], v, i).clone() for k, v in solo.state_dict().items()})
+    if name == "brn":  # each seed its own limits, as each follows its own schedule
+        r_max, d_max = [1.1, 1.5, 3.0], [0.1, 0.5, 5.0]
+        packed.set_limits(r_max, d_max)
+        for solo, r, d in zip(solos, r_max, d_max, strict=True):
+            solo.set_limits(r, d)
+    return packed, solos
+
+
+@pytest.mark.parametrize("size", [1, 5], ids=["1x1", "5x5"])
+@pytest.mark.parametrize("variant", PACKED)
+def test_a_packed_layer_is_its_seeds_layers_side_by_side(variant, size):
+    """In float64: training output, input and parameter gradients, the statistics after the step, and the
+    evaluation output of the packed layer are its seeds' solo layers' (no group, statistic or limit of one
+    seed reaches another), on the 1x1 map too."""
+    packed, solos = packed_and_solo_layers(variant)
+    torch.manual_seed(1)
+    x = (torch.randn(4, PER_SEED * SEEDS, size, size, dtype=torch.float64) * 2 + 0.5).requires_grad_()
+    upstream = torch.randn_like(x)
+    parts = [part.detach().clone().requires_grad_() for part in x.split(PER_SEED, 1)]
+    y = packed(x)
+    (y * upstream).sum().backward()
+    ys = [solo(part) for solo, part in zip(solos, parts, strict=True)]
+    (torch.cat(ys, 1) * upstream).sum().backward()
+    close = partial(torch.testing.assert_close, rtol=1e-12, atol=1e-12)
+    close(y, torch.cat(ys, 1))
+    close(x.grad, torch.cat([part.grad for part in parts], 1))
+    for i, solo in enumerate(solos):
+        packed_params = dict(packed.named_parameters())
+        for key, value in solo.named_parameters():
+            close(part_of(packed_params[key].grad, value, i), value.grad, msg=f"seed {i} {key}.grad")
+        whole = packed.state_dict()
+        for key, value in solo.state_dict().items():
+            close(part_of(whole[key], value, i), value, msg=f"seed {i} {key}")
+    packed.eval()
+    with torch.no_grad():
+        close(packed(x), torch.cat([solo.eval()(part) for solo, part in zip(solos, parts, strict=True)], 1))

@@ -1,0 +1,281 @@
+"""train.seeds: seeds of one configuration in one job, each exactly its own run (normexp.seeds).
+
+A packed seed computes what its solo run computes in other kernels (grouped convolutions, a batched product
+for the 4x4 layer, a mean over the batch per seed), so the two may differ by rounding only. The comparisons
+run in float64, where that rounding is 2**29 times smaller than in float32: in float32 it is the same size
+as the jumps of the network's few discontinuities (max pooling's gradient moves to another position when two
+values of a window swap order; batch norm over two values per channel has a slope of 1 / sqrt(eps), about
+300, where they nearly tie), which a few steps may already cross, and so no float32 bound holds on every CPU.
+In float64 those crossings are out of reach, and the bound is derived as in tests/steptrace.py: 1024 float64
+eps normwise per tensor, step by step. Whole runs of a few hundred steps are allowed 1e-10 relative in their
+losses and no difference in their errors; batch norm at batch size 2 is compared step by step only, as its
+slope of 300 at a near tie grows any rounding by that much and a hundred steps reach every bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+from helpers import ROOT, compose_config, run_cli, write_mnist
+from steptrace import STEPS, differences, layer_values, statistics, trace
+
+from normexp import data, norm, pack, perf, seeds, steps, trainer
+from normexp.trainer import Trainer
+
+SEEDS = [0, 1, 2]
+WHOLE_RUN_RTOL = 1e-10
+NORMS = {  # every built-in norm that packs, with the settings that make packing hardest
+    "none": [], "bn": [], "bn-matconvnet": ["norm=bn", "norm.moments=matconvnet"],
+    "brn": ["norm.moments=matconvnet"],
+    "gn": [], "ln": [], "in": [], "frn": ["norm.learn_eps=true"], "ws_gn": [], "evonorm_s0": [],
+}
+# per-seed schedules: the first-image clock differs between seeds, the ramp moves every step
+BRN_PER_STEP = ["norm.schedule.unit=step", "norm.schedule.warmup=20", "norm.schedule.ramp=100"]
+
+
+def config(data_root, name, *extra, batch_size=2, epochs=2):
+    base = [] if name.startswith("bn-") else [f"norm={name}"]
+    return compose_config([*base, *NORMS.get(name, []), *extra, f"data.root={data_root}",
+                           "data.download=false", f"batch_size={batch_size}", f"train.epochs={epochs}",
+                           "train.threads=1", "train.progress=false"])
+
+
+def metrics(run_dir):
+    return pd.read_csv(run_dir / "metrics.csv")
+
+
+def solo_metrics(cfg, tmp_path, seed):
+    return metrics(solo_run(cfg, tmp_path, seed))
+
+
+def solo_run(cfg, tmp_path, seed):
+    run_dir = tmp_path / f"solo{seed}"
+    Trainer(seeds.seed_config(cfg, seed), run_dir, jobs=1).fit()
+    return run_dir
+
+
+def packed_traces(cfg) -> list[dict]:
+    """steptrace.trace for each seed of train.seeds, trained packed: each seed's solo model and optimizer
+    are loaded into the pack, and after each step its part of the pack (gradients too) back into them."""
+    setups = [trainer.set_up(seeds.seed_config(cfg, s), jobs=1) for s in cfg.train.seeds]
+    models, optimizers = [s.model for s in setups], [s.optimizer for s in setups]
+    lead, fmt = setups[0], setups[0].cpu.memory_format
+    net = pack.build(cfg, len(setups), lead.lr, cfg.train.fast, lead.device, fmt)
+    net.load(models, optimizers)
+    if cfg.norm.name == "brn":
+        norm.set_renorm_limits(net.model, 1.5, 0.5)  # as steptrace.trace: r and d clipped
+    packed = dict(net.model.named_parameters())
+    before = [layer_values(m, lambda p: p) for m in models]
+    batches = [data.epoch_order(len(lead.train_set), cfg.batch_size, s, 0, lead.device)
+               for s in cfg.train.seeds]
+    found = [{"logits": [], "loss": [], "grad": []} for _ in setups]
+    net.model.train()
+    for k in range(STEPS):
+        logs = [steps.EpochLog() for _ in setups]
+        pack.train_steps(net, lead.train_set, batches, k, 1, logs, fmt)
+        net.unload(models, optimizers)
+        for i, (model, log) in enumerate(zip(models, logs, strict=True)):
+            (loss, logits, _), = log.pending
+            found[i]["loss"].append(loss.double())
+            found[i]["logits"].append(logits.double())
+            for name, p in model.named_parameters():
+                p.grad = pack.part_of(packed[name].grad, p, i)
+            found[i]["grad"].append(layer_values(model, lambda p: p.grad))
+    for i, model in enumerate(models):
+        after = layer_values(model, lambda p: p)
+        found[i]["update"] = {k: (after[k] - before[i][k], float(before[i][k].norm())) for k in after}
+        found[i]["stats"] = statistics(model)
+        model.eval()
+        with torch.no_grad():
+            found[i]["eval"] = model(lead.test_set.batch(torch.arange(len(lead.test_set)), fmt)[0]).double()
+    return found
+
+
+@pytest.fixture
+def float64():
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+# Not "in": its 1x1 map holds one value per channel, which it sets to 0 up to rounding, so all below it is
+# rounding noise that two kernels cannot agree on (as in tests/test_perf.py). Its packed layer is checked
+# against its seeds' layers in tests/test_norm.py, on the 1x1 map too.
+@pytest.mark.parametrize("batch_size", [2, perf.PACK_MAX_BATCH])
+@pytest.mark.parametrize("name", [name for name in NORMS if name != "in"])
+def test_a_packed_seed_computes_its_solo_runs_steps(tiny_mnist, float64, name, batch_size):
+    cfg = config(tiny_mnist, name, f"train.seeds={SEEDS}", batch_size=batch_size)
+    for s, packed in zip(SEEDS, packed_traces(cfg), strict=True):
+        solo = trace(seeds.seed_config(cfg, s))
+        assert differences(packed, solo, eps=torch.finfo(torch.float64).eps) == [], f"seed {s}"
+
+
+def assert_same_run(packed, solo, what, rtol):
+    assert list(packed["epoch"]) == list(solo["epoch"]), what
+    assert (packed[["train_error", "val_error"]] == solo[["train_error", "val_error"]]).all().all(), what
+    for column in ("train_loss", "val_loss"):
+        rel = ((packed[column] - solo[column]).abs() / solo[column].abs()).max()
+        assert rel <= rtol, f"{what}: {column} differs by {rel:.3g} relative, allowed {rtol:.3g}"
+
+
+@pytest.mark.parametrize("name, batch_size, extra", [
+    ("gn", 2, []), ("evonorm_s0", 2, []), ("bn", 8, []), ("brn", 8, BRN_PER_STEP)])
+def test_a_pack_of_three_seeds_is_three_solo_runs(tmp_path, tiny_mnist, float64, name, batch_size, extra):
+    """200 digits for 2 epochs, in float64: each seed's metrics.csv is its solo run's."""
+    cfg = config(tiny_mnist, name, f"train.seeds={SEEDS}", *extra, batch_size=batch_size)
+    outcomes = seeds.fit(cfg, tmp_path / "pack", jobs=1)
+    assert [o.status for o in outcomes] == ["completed"] * 3
+    for s in SEEDS:
+        folder = tmp_path / "pack" / f"seed={s}"
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["seed"] == s and summary["pack"]["packed_with"] == SEEDS
+        assert summary["config"]["train"]["seed"] == s and summary["config"]["train"]["seeds"] is None
+        assert_same_run(metrics(folder), solo_metrics(cfg, tmp_path, s), f"{name} seed {s}", WHOLE_RUN_RTOL)
+    if name == "brn":  # each seed's own schedule: the columns it writes are its solo run's, exactly
+        packed, solo = metrics(tmp_path / "pack" / "seed=1"), metrics(tmp_path / "solo1")
+        assert (packed[["r_max", "d_max"]] == solo[["r_max", "d_max"]]).all().all()
+
+
+def test_a_seed_that_diverges_leaves_the_others_as_their_solo_runs(tmp_path, tiny_mnist, float64,
+                                                                  monkeypatch):
+    """Seed 1's weights are poisoned as the pack is built: it diverges at its first step, is recorded so,
+    and seeds 0 and 2 train on as if alone (no NaN reaches their weights, statistics or losses)."""
+    built = pack.build
+
+    def poisoned(*args, **kwargs):
+        net = built(*args, **kwargs)
+        real_load = net.load
+
+        def load(models, optimizers):
+            real_load(models, optimizers)
+            if net.seeds == 3:
+                with torch.no_grad():
+                    net.model.features[0].weight[20:40] = float("nan")  # seed 1's first convolution
+        net.load = load
+        return net
+
+    monkeypatch.setattr(pack, "build", poisoned)
+    cfg = config(tiny_mnist, "gn", f"train.seeds={SEEDS}")
+    seeds.fit(cfg, tmp_path / "pack", jobs=1)
+    monkeypatch.undo()
+    diverged = json.loads((tmp_path / "pack" / "seed=1" / "summary.json").read_text())
+    assert diverged["status"] == "diverged" and diverged["diverged_at"]["step"] == 1
+    for s in (0, 2):
+        summary = json.loads((tmp_path / "pack" / f"seed={s}" / "summary.json").read_text())
+        assert summary["status"] == "completed"
+        assert_same_run(metrics(tmp_path / "pack" / f"seed={s}"), solo_metrics(cfg, tmp_path, s), f"seed {s}",
+                        WHOLE_RUN_RTOL)
+
+
+def test_where_packing_loses_the_seeds_run_one_after_another_with_the_same_outcome(tmp_path, tiny_mnist):
+    batch_size = perf.PACK_MAX_BATCH * 2
+    cfg = config(tiny_mnist, "gn", "train.seeds=[3,4]", batch_size=batch_size)
+    seeds.fit(cfg, tmp_path / "pack", jobs=1)
+    for s in (3, 4):
+        summary = json.loads((tmp_path / "pack" / f"seed={s}" / "summary.json").read_text())
+        assert summary["pack"]["packed_with"] == [] and summary["pack"]["pack_size"] == 1
+        # one after another, each seed is exactly its solo run
+        pd.testing.assert_frame_equal(metrics(tmp_path / "pack" / f"seed={s}").drop(columns=["seconds",
+                                      "samples_per_s"]), solo_metrics(cfg, tmp_path, s).drop(
+                                      columns=["seconds", "samples_per_s"]))
+
+
+def test_a_custom_norm_runs_its_seeds_one_after_another(tmp_path, tiny_mnist):
+    cfg = config(tiny_mnist, "custom", "norm.target=torch.nn.GroupNorm", "+norm.kwargs.num_groups=2",
+                 "train.seeds=[0,1]", epochs=1)
+    outcomes = seeds.fit(cfg, tmp_path / "pack", jobs=1)
+    assert [o.status for o in outcomes] == ["completed", "completed"]
+    summary = json.loads((tmp_path / "pack" / "seed=0" / "summary.json").read_text())
+    assert summary["pack"]["packed_with"] == []
+
+
+def test_a_pack_killed_and_resumed_gives_the_metrics_of_an_uninterrupted_pack(tmp_path):
+    data = write_mnist(tmp_path / "data", n_train=600, n_test=50)
+    args = ["norm=gn", "batch_size=2", "train.epochs=2", "train.seeds=[0,1,2]", f"data.root={data}",
+            "train.threads=1", "train.progress=false"]
+    whole = run_cli(*args, f"hydra.run.dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr
+    env = {k: v for k, v in os.environ.items() if k != "NORMEXP_DATA_ROOT"}
+    command = [sys.executable, "-m", "normexp.train", *args, f"hydra.run.dir={tmp_path / 'k'}"]
+    killed = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    first_epoch = tmp_path / "k" / "seed=2" / "metrics.csv"
+    deadline = time.monotonic() + 120
+    while not (first_epoch.exists() and len(first_epoch.read_text().splitlines()) >= 2):
+        assert killed.poll() is None and time.monotonic() < deadline, "the pack ended before epoch 1"
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    resumed = run_cli(*args, f"hydra.run.dir={tmp_path / 'k'}")
+    assert resumed.returncode == 0, resumed.stderr
+    for s in SEEDS:
+        pd.testing.assert_frame_equal(
+            metrics(tmp_path / "k" / f"seed={s}").drop(columns=["seconds", "samples_per_s"]),
+            metrics(tmp_path / "whole" / f"seed={s}").drop(columns=["seconds", "samples_per_s"]))
+
+
+def test_a_pack_stopped_by_sigterm_saves_every_seed(tmp_path):
+    data = write_mnist(tmp_path / "data", n_train=4000, n_test=50)
+    env = {k: v for k, v in os.environ.items() if k != "NORMEXP_DATA_ROOT"}
+    proc = subprocess.Popen([sys.executable, "-m", "normexp.train", "norm=bn", "batch_size=2",
+                             "train.epochs=1", "train.seeds=[5,6]", f"data.root={data}",
+                             f"hydra.run.dir={tmp_path / 'p'}",
+                             "train.threads=1", "train.progress=false"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    summary = tmp_path / "p" / "seed=6" / "summary.json"
+    deadline = time.monotonic() + 120
+    while not summary.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143, proc.stderr.read()
+    for s in (5, 6):
+        saved = json.loads((tmp_path / "p" / f"seed={s}" / "summary.json").read_text())
+        assert saved["status"] == "interrupted" and saved["interrupted_at"]["batch"] > 0
+        assert (tmp_path / "p" / f"seed={s}" / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("[]", "train.seeds=[]: must be a non-empty list of seeds, e.g. [0,1,2], or null"),
+    ("[0,0]", "train.seeds=[0, 0]: seed 0 appears twice; each seed must appear once"),
+    ("[0,-1]", "train.seeds=[0, -1]: -1 is not a seed; each must be an integer >= 0 and at most "
+               "9223372036854775807, as train.seed"),
+    ("[true]", "train.seeds=[True]: True is not a seed; each must be an integer >= 0 and at most "
+               "9223372036854775807, as train.seed"),
+    ("[123456789012345678901234567890]", "train.seeds=[123456789012345678901234567890]: "
+     "123456789012345678901234567890 is not a seed; each must be an integer >= 0 and at most "
+     "9223372036854775807, as train.seed"),
+    ("3", "train.seeds=3: must be a non-empty list of seeds, e.g. [0,1,2], or null"),
+])
+def test_bad_seeds_get_one_line_before_any_folder(tmp_path, tiny_mnist, value, expected):
+    run_dir = tmp_path / "run"
+    result = run_cli(f"train.seeds={value}", f"data.root={tiny_mnist}", f"hydra.run.dir={run_dir}")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [f"normexp: error: {expected}"]
+    assert not run_dir.exists()
+
+
+def test_more_seeds_than_the_memory_allows_get_one_line(tiny_mnist, monkeypatch):
+    monkeypatch.setattr(seeds, "available_memory_mb", lambda: 2048.0)
+    cfg = config(tiny_mnist, "gn", f"train.seeds={list(range(100))}", batch_size=256)
+    (line,) = seeds.validate(cfg)
+    assert line.startswith("train.seeds=[0, 1, 2,") and "need about 12.6 GiB, more than the 2.0 GiB" in line
+
+
+def test_train_seeds_beside_a_sweep_of_train_seed_is_one_line(tmp_path, tiny_mnist):
+    result = run_cli("-m", "train.seed=0,1", "train.seeds=[0,1]", f"data.root={tiny_mnist}",
+                     f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "normexp: error: train.seeds=[0, 1]: the sweep also sweeps train.seed (0, 1), and each job trains "
+        "every seed of train.seeds; sweep train.seed or set train.seeds, not both")
+    assert not (tmp_path / "sweep").exists()
