@@ -15,6 +15,7 @@ FORMAT = 1  # of normexp.json
 NOT_RESULT_KEYS = (
     "data.root", "data.download", "train.epochs", "train.max_epochs_by_batch_size", "train.device",
     "train.resume", "train.fast", "train.threads", "train.mkldnn", "train.progress",
+    "train.pack_size",  # how a job trains its seeds: packed or not, each is its own run to rounding
     "train.seeds",  # a job's seeds: each seed's own folder records its train.seed
 )
 NOT_RESULT_PREFIXES = ("logger.", "hydra.")  # the logger only writes more files

@@ -54,9 +54,6 @@ log = logging.getLogger("normexp")
 ONE_THREAD_MAX = 1
 NATIVE_CONV_MAX = 8
 NCHW_MAX = 32
-# train.seeds on CPU: packed in one network up to this batch size, one after another beyond (where packing
-# was measured to lose: docs/performance.md, scripts/bench.py --packed); on a GPU always packed
-PACK_MAX_BATCH = 16
 
 # The measured settings: a JSON file per machine and normexp version, in cache_dir()
 CACHE_SCHEMA = 1
@@ -271,9 +268,15 @@ def choose(
     )
 
 
-def pack_size(batch_size: int, device: torch.device, seeds: int) -> int:
-    """How many seeds of a ``train.seeds`` job train packed together (1: one after another)."""
-    return seeds if device.type != "cpu" or batch_size <= PACK_MAX_BATCH else 1
+def pack_size(requested: int | str, device: torch.device, seeds: int) -> int:
+    """How many seeds of a ``train.seeds`` job train packed together (1: one after another): as
+    ``train.pack_size`` asks, else on a GPU all of them (one kernel launch serves them all), on CPU one at a
+    time: packed, the seeds' steps cost more than one after another at every batch size measured, as
+    normexp's one-seed step is bound by kernels that packing cannot share (docs/performance.md, "Packed
+    seeds"; ``scripts/bench.py --packed`` measures it again)."""
+    if requested != "auto":
+        return max(1, min(int(requested), seeds))
+    return seeds if device.type != "cpu" else 1
 
 
 def apply(settings: CpuSettings) -> None:

@@ -47,7 +47,13 @@ def available_memory_mb() -> float | None:
 
 
 def validate(cfg: DictConfig) -> list[str]:
-    """Problems with ``train.seeds`` (null, or a list of distinct seeds, each as ``train.seed`` allows)."""
+    """Problems with ``train.pack_size`` and ``train.seeds`` (null, or a list of distinct seeds, each as
+    ``train.seed`` allows)."""
+    pack_size = validation.integer("train.pack_size", cfg.train.get("pack_size", "auto"), 1, or_word="auto")
+    return pack_size + _seeds_problems(cfg)
+
+
+def _seeds_problems(cfg: DictConfig) -> list[str]:
     seeds = cfg.train.get("seeds")
     if seeds is None:
         return []
@@ -129,7 +135,7 @@ def plan(cfg: DictConfig, seeds: list[int], runs: list[Trainer]) -> list[Pack]:
     if not runs:
         return []
     recorded = next((st.pack["pack_size"] for st in states if st.pack.get("pack_size")), None)
-    size = recorded or perf.pack_size(cfg.batch_size, resolve_device(cfg.train.device), len(seeds))
+    size = recorded or perf.pack_size(cfg.train.pack_size, resolve_device(cfg.train.device), len(seeds))
     if not norm.can_pack(cfg.norm):
         size = 1
     by_point: dict[tuple[int, int], list[int]] = {}
@@ -159,14 +165,14 @@ class Pack:
     schedule_values: dict[str, list[float]] = field(default_factory=dict)
 
     def fit(self) -> list[Outcome]:
-        self._pack()
+        self.build_net()
         with steps.StopSignal() as stop:
             while self.runs and self.states[0].epoch < self.runs[0].epochs:
                 self._train_epoch(stop)
         self.outcomes += [run.complete(st) for run, st in zip(self.runs, self.states, strict=True)]
         return self.outcomes
 
-    def _pack(self) -> None:
+    def build_net(self) -> None:
         """The packed network, from the runs' own models and optimizers (a new one when a seed left)."""
         first = self.runs[0]
         s = first.setup
@@ -188,7 +194,7 @@ class Pack:
         try:
             while self.runs and self.states[0].batch < len(batches[0]) and stop.signum is None:
                 before = self.states[0].batch
-                self._train_chunk(batches, stop)
+                self.train_chunk(batches, stop)
                 if self.runs:
                     progress.update(self.states[0], self.states[0].batch - before)
         finally:
@@ -206,13 +212,14 @@ class Pack:
         for run, st, b in zip(self.runs, self.states, batches, strict=True):
             run.end_epoch(st, b)
 
-    def _train_chunk(self, batches: list[list[Any]], stop: steps.StopSignal) -> None:
-        """The next chunk of steps of every seed, one look at their losses, and the seeds that diverged in
-        it out of the pack."""
+    def train_chunk(self, batches: list[list[Any]], stop: steps.StopSignal | None = None,
+                    max_steps: int | None = None) -> None:
+        """The next chunk of steps of every seed (``Trainer.train_chunk``'s), one look at their losses, and
+        the seeds that diverged in it out of the pack."""
         lead = self.runs[0]
         st0 = self.states[0]
         start, first, epoch = st0.batch, st0.step, st0.epoch
-        count = min(lead.sync_every, len(batches[0]) - start)
+        count = min(lead.sync_every, max_steps or lead.sync_every, len(batches[0]) - start)
         per_step = lead.schedule is not None and lead.schedule.per_step
         before_step = (lambda step: self._follow_schedule(epoch, step)) if per_step else None
         taken = pack.train_steps(self.net, lead.setup.train_set, batches, start, count,
@@ -236,7 +243,7 @@ class Pack:
             self.outcomes.append(self.runs[i].diverged(self.states[i], divergence))
             del self.runs[i], self.states[i], batches[i]
         if len(self.runs) > 0:
-            self._pack()
+            self.build_net()
 
     def _follow_schedule(self, epoch: int, step: int) -> None:
         """Each seed's scheduled values (its own clock), set in the packed network, one per seed."""

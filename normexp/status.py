@@ -16,6 +16,11 @@ resume it), ``completed``, ``diverged``, ``interrupted`` (stopped by a signal, c
 file that does not parse; the note names it). Only files written atomically are read, so a run writing
 while this reads is seen before or after the write, never half-way.
 
+A job of ``train.seeds`` (seeds trained together, ``normexp.seeds``) is one job with a row per seed, read
+from its ``seed=<s>/`` folders: it holds one slot, its seeds trained in packs (each pack's epochs take the
+pack's time, as its metrics record) or one after another, and a seed that waits its turn is not stalled
+while its job writes.
+
 The ETA: each run's epoch time is measured in the sweep itself (the ``seconds`` column of metrics.csv, under
 the load the sweep puts on the machine); a job not measured yet takes the median of the runs with the same
 norm and batch size, else the same batch size, else the nearest measured batch size. A job's time outside its
@@ -58,6 +63,8 @@ STALL_EPOCHS = 3.0  # ... and at least this many of its epochs
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}(-\d{6})?")
 READ_ERRORS = (OSError, ValueError, TypeError, KeyError, csv.Error, yaml.YAMLError, OmegaConfBaseException)
 WIDTH = 110  # the footer's lines are wrapped at this width
+SEED_FOLDER = "seed={}"  # a seed's folder in a job of train.seeds (normexp.seeds, which imports torch)
+SEED_DIR = re.compile(r"seed=\d+")
 COLUMNS = ("norm", "bs", "seed", "status", "epochs", "val err", "samples/s", "last write", "ETA", "note")
 
 
@@ -81,6 +88,8 @@ class Job:
     overhead_s: float | None = None  # its time outside epochs (a completed run)
     eta_s: float | None = None  # until it ends
     planned: bool = True  # one of multirun.yaml's jobs
+    pack: str | None = None  # the folder of the job of train.seeds that it is a seed of
+    pack_size: int | None = None  # seeds trained together in that job, as its summary.json records
     note: str = ""
 
 
@@ -97,6 +106,21 @@ class Sweep:
 
     def counts(self) -> dict[str, int]:
         return {s: n for s in STATUSES if (n := sum(j.status == s for j in self.jobs))}
+
+    def units(self) -> list[list[Job]]:
+        """The jobs as the launcher runs them, in order: a run alone, or the seeds of one job of
+        train.seeds."""
+        found: list[list[Job]] = []
+        packs: dict[str, list[Job]] = {}
+        for job in self.jobs:
+            if job.pack is None:
+                found.append([job])
+            elif job.pack in packs:
+                packs[job.pack].append(job)
+            else:
+                packs[job.pack] = [job]
+                found.append(packs[job.pack])
+        return found
 
 
 # --- the sweep's plan: multirun.yaml ---
@@ -150,8 +174,12 @@ def planned_jobs(config: DictConfig) -> list[Job] | None:
         norm, bs = v.get("norm", get("norm.name")), get("batch_size")
         variant = " ".join([str(norm), *(f"{k.removeprefix('norm.')}={v[k]}" for k in varying if k in v)])
         epochs = planned_epochs(get("train.epochs"), get("train.max_epochs_by_batch_size"), bs)
-        planned.append(Job(job_dir_name(config, job, num), str(norm), variant, bs, get("train.seed"),
-                           epochs=epochs))
+        name, seeds = job_dir_name(config, job, num), get("train.seeds")
+        if seeds is None:
+            planned.append(Job(name, str(norm), variant, bs, get("train.seed"), epochs=epochs))
+        else:
+            planned += [Job(f"{name}/{SEED_FOLDER.format(s)}", str(norm), variant, bs, s, epochs=epochs,
+                            pack=name) for s in seeds]
     return planned
 
 
@@ -238,6 +266,7 @@ def _fill(job: Job, run_dir: Path, summary: dict[str, Any], rows: list[dict], no
     for key, kind in (("norm", str), ("batch_size", int), ("seed", int)):
         if getattr(job, key) is None:
             setattr(job, key, _typed(summary, key, kind, None))
+    job.pack_size = _typed(summary.get("pack") or {}, "pack_size", int, None)
     job.variant = job.variant or job.norm
     if status in FINAL:
         job.status = status
@@ -275,9 +304,11 @@ def _overhead(run_dir: Path, rows: list[dict]) -> float | None:
     return overhead if overhead >= 0 else None
 
 
-def read_extra(run_dir: Path, now: float) -> Job:
-    """A job folder that multirun.yaml does not list (an earlier run of the sweep with other settings)."""
-    job = Job(run_dir.name, planned=False)
+def read_extra(run_dir: Path, now: float, pack: str | None = None) -> Job:
+    """A job folder that multirun.yaml does not list (an earlier run of the sweep with other settings), or a
+    seed's folder of such a job of train.seeds (``pack``: the job's folder name)."""
+    name = run_dir.name if pack is None else f"{pack}/{run_dir.name}"
+    job = Job(name, planned=False, pack=pack)
     try:
         cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
         job.norm, job.batch_size = OmegaConf.select(cfg, "norm.name"), OmegaConf.select(cfg, "batch_size")
@@ -324,43 +355,84 @@ def schedule(running: list[float], pending: list[float], slots: int) -> list[flo
     return ends
 
 
-def mark_stalled(jobs: list[Job], measured: list[Job], stall_after: float) -> None:
-    for job in jobs:
-        if job.status != "running" or job.age_s is None:
+def mark_stalled(units: list[list[Job]], measured: list[Job], stall_after: float) -> None:
+    """Running runs whose job (all of its seeds, for a job of train.seeds) wrote nothing for too long."""
+    for unit in units:
+        ages = [j.age_s for j in unit if j.status == "running" and j.age_s is not None]
+        if not ages:
             continue
-        epoch = job.epoch_s or epoch_estimate(measured, job.norm, job.batch_size) or 0.0
-        limit = max(stall_after, STALL_EPOCHS * epoch)
-        if job.age_s > limit:
-            job.status = "stalled"
-            job.note = f"nothing written for {duration(job.age_s)}: killed or hung (run the sweep again)"
+        silent = min(ages)
+        for job in unit:
+            if job.status != "running" or job.age_s is None:
+                continue
+            epoch = job.epoch_s or epoch_estimate(measured, job.norm, job.batch_size) or 0.0
+            if silent > max(stall_after, STALL_EPOCHS * epoch):
+                job.status = "stalled"
+                job.note = f"nothing written for {duration(silent)}: killed or hung (run the sweep again)"
+
+
+def time_left(job: Job, epoch: float, training: bool = True) -> float:
+    """Until a running or pending run has trained all its epochs (its start-up not counted); ``training``:
+    whether it is training now (not a seed waiting for its turn in its job)."""
+    if job.status == "pending" or not training:
+        return (job.epochs - (job.epochs_run or 0)) * epoch
+    return max((job.epochs - (job.epochs_run or 0)) * epoch - job.in_epoch_s, 0.0)
+
+
+def pack_ends(lefts: list[float], size: int) -> list[float]:
+    """When each seed of a job of train.seeds ends, from the job's start or now: packs of ``size`` seeds in
+    order, one after another, each as long as its longest seed."""
+    ends, start = [], 0.0
+    for k in range(0, len(lefts), size):
+        group = lefts[k:k + size]
+        ends += [start + max(group)] * len(group)
+        start += max(group)
+    return ends
+
+
+def pack_size(unit: list[Job], jobs: list[Job]) -> int:
+    """Seeds trained together in this job: as its summaries record, else as the jobs of the same batch size
+    recorded, else all of them."""
+    recorded = [j.pack_size for j in unit if j.pack_size] or [
+        j.pack_size for j in jobs if j.pack_size and j.batch_size == unit[0].batch_size]
+    return max(1, min(recorded[0] if recorded else len(unit), len(unit)))
 
 
 def estimate(sweep: Sweep, stall_after: float) -> None:
     """Marks stalled jobs, then each job's ETA and the sweep's (``schedule`` on the launcher's slots)."""
     measured = [j for j in sweep.jobs if j.epoch_s]
-    mark_stalled(sweep.jobs, measured, stall_after)
+    units = sweep.units()
+    mark_stalled(units, measured, stall_after)
     overheads = [j.overhead_s for j in sweep.jobs if j.overhead_s is not None]
     overhead = statistics.median(overheads) if overheads else 0.0
     running, pending = [], []
     if not any(j.status in ("running", "pending") for j in sweep.jobs):
         sweep.eta_how = "no job is running or pending"
         return
-    for job in sweep.jobs:
-        if job.status not in ("running", "pending"):
-            continue
-        epoch = job.epoch_s or epoch_estimate(measured, job.norm, job.batch_size)
-        if epoch is None or job.epochs is None:
+    for unit in units:
+        waiting = [j for j in unit if j.status in ("running", "pending")]
+        epochs = [j.epoch_s or epoch_estimate(measured, j.norm, j.batch_size) for j in waiting]
+        if any(e is None for e in epochs) or any(j.epochs is None for j in waiting):
             sweep.eta_how = "no epoch of this sweep has ended yet: no ETA"
             return
-        if job.status == "running":
-            left = (job.epochs - (job.epochs_run or 0)) * epoch - job.in_epoch_s
-            job.eta_s = max(left, 0.0)
-            running.append(job.eta_s)
+        if not waiting:
+            continue
+        size = pack_size(unit, sweep.jobs) if unit[0].pack else len(waiting)
+        lefts = [time_left(j, e, training=k < size) for k, (j, e) in enumerate(zip(waiting, epochs,
+                                                                                   strict=True))]
+        ends = pack_ends(lefts, size)
+        if any(j.status == "running" for j in waiting):
+            for job, end in zip(waiting, ends, strict=True):
+                job.eta_s = end
+            running.append(max(ends))
         else:
-            pending.append((job, overhead + job.epochs * epoch))
+            pending.append((waiting, ends))
     slots = max(sweep.slots or len(running) or 1, len(running))
-    for (job, _), end in zip(pending, schedule(running, [d for _, d in pending], slots), strict=True):
-        job.eta_s = end
+    durations = [overhead + max(ends) for _, ends in pending]
+    for (waiting, ends), duration_, end in zip(pending, durations, schedule(running, durations, slots),
+                                               strict=True):
+        for job, own in zip(waiting, ends, strict=True):
+            job.eta_s = end - duration_ + overhead + own
     sweep.eta_s = max([j.eta_s for j in sweep.jobs if j.status in ("running", "pending")], default=0.0)
     sweep.eta_how = _eta_how(sweep, measured, overheads, slots, len(running))
 
@@ -408,6 +480,20 @@ def is_run_dir(path: Path) -> bool:
     return any((path / name).exists() for name in (".hydra", runfiles.SUMMARY, runfiles.METRICS))
 
 
+def seed_dirs(path: Path) -> list[Path]:
+    """The seeds' folders of a job of train.seeds (none for any other folder)."""
+    found = [p for p in path.glob(SEED_FOLDER.format("*")) if p.is_dir() and SEED_DIR.fullmatch(p.name)]
+    return sorted(found, key=lambda p: int(p.name.split("=")[1]))
+
+
+def read_extras(run_dir: Path, now: float, pack: str | None = None) -> list[Job]:
+    """A folder multirun.yaml does not list: one run, or each seed of a job of train.seeds."""
+    seeds = seed_dirs(run_dir)
+    if not seeds or is_run_dir(run_dir):
+        return [read_extra(run_dir, now)]
+    return [read_extra(d, now, pack=pack or run_dir.name) for d in seeds]
+
+
 def load_plan(path: Path, sweep: Sweep) -> list[Job] | None:
     """The jobs multirun.yaml plans (with the launcher's slots set on ``sweep``), or None with a note."""
     record = path / "multirun.yaml"
@@ -433,18 +519,19 @@ def read_sweep(path: Path, stall_after: float = STALL_AFTER, now: float | None =
     """The status of every job of the sweep in ``path`` (or of the one run, for a run folder)."""
     now = time.time() if now is None else now
     sweep = Sweep(str(path), [], now)
-    if is_run_dir(path):
-        sweep.jobs = [read_extra(path, now)]
-        sweep.jobs[0].note = sweep.jobs[0].note.replace("not one of multirun.yaml's jobs", "")
+    if is_run_dir(path) or seed_dirs(path):
+        sweep.jobs = read_extras(path, now, pack=str(path) if seed_dirs(path) else None)
+        for job in sweep.jobs:
+            job.note = job.note.replace("not one of multirun.yaml's jobs", "")
     else:
         plan = load_plan(path, sweep)
         names = set()
         for job in plan or []:
             sweep.jobs.append(read_job(job, path / job.name, now))
-            names.add(job.name)
+            names.add(job.pack or job.name)
         for run_dir in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if run_dir.name not in names and (plan is None or is_run_dir(run_dir)):
-                sweep.jobs.append(read_extra(run_dir, now))
+            if run_dir.name not in names and (plan is None or is_run_dir(run_dir) or seed_dirs(run_dir)):
+                sweep.jobs += read_extras(run_dir, now)
     if sweep.slots is None:
         sweep.slots_how = sweep.slots_how or "parallelism unknown, taken as the jobs running now"
     estimate(sweep, stall_after)
@@ -478,12 +565,15 @@ def duration(seconds: float | None) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def _cells(job: Job) -> list[str]:
+def _cells(job: Job, same_job: bool = False) -> list[str]:
+    """A row of the table; ``same_job``: a seed of the job of train.seeds in the row above, whose norm and
+    batch size it does not repeat."""
     done = "-" if job.epochs_run is None else str(job.epochs_run)
     epochs = f"{done}/{job.epochs if job.epochs is not None else '?'}"
     waiting = job.status in ("running", "pending")
+    norm, bs = job.variant or job.norm or "?", "?" if job.batch_size is None else str(job.batch_size)
     return [
-        job.variant or job.norm or "?", "?" if job.batch_size is None else str(job.batch_size),
+        "  \"" if same_job else norm, "" if same_job else bs,
         "?" if job.seed is None else str(job.seed), job.status, epochs,
         "" if job.val_error is None else f"{job.val_error:.4f}",
         "" if job.samples_per_s is None else f"{job.samples_per_s:.0f}",
@@ -494,10 +584,13 @@ def _cells(job: Job) -> list[str]:
 
 def render(sweep: Sweep) -> str:
     """The table, then the counts and the ETA."""
-    rows = [list(COLUMNS), *(_cells(j) for j in sweep.jobs)]
+    units = sweep.units()
+    rows = [list(COLUMNS), *(_cells(j, same_job=k > 0) for unit in units for k, j in enumerate(unit))]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS) - 1)]
     when = datetime.fromtimestamp(sweep.now)
-    lines = [f"sweep {sweep.path}: {len(sweep.jobs)} jobs, {when:%Y-%m-%d %H:%M:%S}"]
+    runs = f" ({len(sweep.jobs)} runs: jobs of train.seeds have a row per seed)" if len(units) < len(
+        sweep.jobs) else ""
+    lines = [f"sweep {sweep.path}: {len(units)} jobs{runs}, {when:%Y-%m-%d %H:%M:%S}"]
     for r in rows:
         cells = [c.ljust(w) if i in (0, 3) else c.rjust(w) for i, (c, w) in enumerate(zip(r[:-1], widths,
                                                                                          strict=True))]

@@ -12,6 +12,13 @@
 Each repetition times a block of one, then of the other (the order alternates); the table shows medians.
 Without --data-root both read the same synthetic MNIST-format files of 60,000 + 10,000 random digits.
 
+With --packed, instead: three seeds of one configuration (train.seeds) packed in one network (normexp.seeds'
+own Pack and its chunk step), against the same three seeds one after another, against one seed alone
+(normexp's own fast path, the price of one), interleaved; and the 3-seed mcn_sweep on complete MNIST
+estimated from those step times against three times its one-seed sweep.
+
+    python scripts/bench.py --packed              # gn,bn at batch sizes 1,2,4,16,256 (~5 minutes)
+
 Then one probe process per (norm, batch size) sets up a real run (the whole training split) and measures its
 step rate, one evaluation of the test split, one checkpoint write and its peak RSS; --jobs probes run side by
 side, in the sweep's order, as the joblib launcher runs jobs. The mcn_sweep estimate comes from these rates.
@@ -43,7 +50,7 @@ import torch.nn.functional as F  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from normexp import data, memory, norm, optim, perf, runfiles, trainer  # noqa: E402
+from normexp import data, memory, norm, optim, perf, runfiles, seeds, trainer  # noqa: E402
 from normexp.model import LeNet  # noqa: E402
 from normexp.runstate import RunState  # noqa: E402
 from normexp.trainer import Trainer  # noqa: E402
@@ -51,6 +58,7 @@ from normexp.trainer import Trainer  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 NORMS = "none,bn,brn,gn"
 BATCH_SIZES = "1,2,4,16,32,64,128,256"
+DEFAULT_JSON = ROOT / "outputs" / "bench" / "bench.json"
 FULL_TRAIN, FULL_TEST = 60_000, 10_000  # MNIST: what the sweep estimate is for
 WARMUP_STEPS = 5
 # torch's own settings in this process, before anything here changes them: the reference runs under these
@@ -132,6 +140,50 @@ class NormexpLoop:
 
     def evaluate(self) -> None:
         self.setup.evaluate(self.cfg.train.eval_batch_size)
+
+
+class PackedLoop:
+    """Seeds of one configuration trained packed, as a job of train.seeds trains them: their own runs'
+    set-ups (the data loaded once) in one ``seeds.Pack``, chunk after chunk, epoch after epoch."""
+
+    def __init__(self, cfg: DictConfig, chosen: list[int], jobs: int) -> None:
+        folder = Path(tempfile.gettempdir())  # never written here
+        self.runs = [Trainer(seeds.seed_config(cfg, s), folder, jobs) for s in chosen]
+        self.setup = self.runs[0].build()
+        for run in self.runs[1:]:
+            run.build(splits=(self.setup.train_set, self.setup.test_set))
+        self.device, self.states = self.setup.device, [RunState() for _ in chosen]
+        self.pack = seeds.Pack(list(self.runs), self.states)
+        self.pack.build_net()
+        self.batches = [run.begin_epoch(st) for run, st in zip(self.runs, self.states, strict=True)]
+
+    def run(self, steps: int) -> int:
+        """Trains ``steps`` steps of every seed; returns the number of samples of all seeds."""
+        perf.apply(self.setup.cpu)
+        self.pack.net.model.train()
+        samples = 0
+        while steps > 0:
+            if self.states[0].batch == len(self.batches[0]):
+                for st in self.states:
+                    st.new_epoch()
+                self.batches = [run.begin_epoch(st) for run, st in zip(self.runs, self.states, strict=True)]
+                self.pack.net.model.train()
+            first = self.states[0].batch
+            self.pack.train_chunk(self.batches, max_steps=steps)
+            steps -= self.states[0].batch - first
+            samples += len(self.runs) * sum(len(b) for b in self.batches[0][first : self.states[0].batch])
+        return samples
+
+
+class SequentialLoop:
+    """The same seeds one after another in one process: each seed's own normexp loop in turn."""
+
+    def __init__(self, cfg: DictConfig, chosen: list[int], jobs: int) -> None:
+        self.loops = [NormexpLoop(seeds.seed_config(cfg, s), jobs) for s in chosen]
+        self.device = self.loops[0].device
+
+    def run(self, steps: int) -> int:
+        return sum(loop.run(steps) for loop in self.loops)
 
 
 class ReferenceLoop:
@@ -220,6 +272,73 @@ def compare(norm_name: str, batch_size: int, args: argparse.Namespace, data_root
         "normexp_settings": asdict(ours.setup.cpu) | {"fused_sgd": cfg.train.fast},
         "reference_settings": asdict(TORCH_DEFAULTS), "samples_per_s": rates,
     }  # fmt: skip
+
+
+def compare_packed(norm_name: str, batch_size: int, args: argparse.Namespace, data_root: Path) -> dict:
+    """One row of the packed table: blocks of the same number of steps of one seed, of three one after
+    another and of three packed, the order rotating; milliseconds per step of every seed in the block."""
+    cfg = run_config(norm_name, batch_size, data_root, args.device)
+    chosen = [0, 1, 2]
+    loops = {"one": NormexpLoop(cfg, jobs=1), "sequential": SequentialLoop(cfg, chosen, jobs=1),
+             "packed": PackedLoop(cfg, chosen, jobs=1)}
+    for loop in loops.values():
+        timed(loop, WARMUP_STEPS)
+    steps = args.steps or max(WARMUP_STEPS, math.ceil(
+        args.seconds * WARMUP_STEPS / timed(loops["one"], WARMUP_STEPS)[0]))
+    ms = {name: [] for name in loops}
+    names = list(loops)
+    for repeat in range(args.repeats):
+        for name in names[repeat % 3:] + names[:repeat % 3]:
+            seconds, _ = timed(loops[name], steps)
+            ms[name].append(seconds / steps * 1e3)
+    one, seq, packed = (statistics.median(ms[n]) for n in names)
+    return {
+        "norm": norm_name, "batch_size": batch_size, "steps_per_block": steps, "seeds": len(chosen),
+        "one_ms_per_step": one, "sequential_ms_per_step": seq, "packed_ms_per_step": packed,
+        "packed_price": packed / one, "sequential_price": seq / one, "packed_vs_sequential": packed / seq,
+        "rule_packs": perf.pack_size(batch_size, loops["one"].device, len(chosen)) > 1,
+        "settings": asdict(loops["one"].setup.cpu), "ms_per_step": ms,
+        "eval_seconds": _eval_seconds(loops["one"]),
+    }  # fmt: skip
+
+
+def _eval_seconds(loop: NormexpLoop) -> float:
+    start = time.perf_counter()
+    loop.evaluate()
+    return time.perf_counter() - start
+
+
+def packed_table(rows: list[dict]) -> str:
+    lines = ["| norm | batch size | 1 seed ms/step | 3 one after another | 3 packed | packed: price of one "
+             "| one after another: price of one | packed / one after another | rule packs |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['norm']} | {r['batch_size']} | {r['one_ms_per_step']:.3f} "
+                     f"| {r['sequential_ms_per_step']:.3f} | {r['packed_ms_per_step']:.3f} "
+                     f"| {r['packed_price']:.2f}x | {r['sequential_price']:.2f}x "
+                     f"| {r['packed_vs_sequential']:.2f} | {'yes' if r['rule_packs'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def packed_sweep_estimate(rows: list[dict], runs: list[tuple[str, int, int]]) -> dict:
+    """mcn_sweep with train.seeds=[0,1,2] on complete MNIST against three times its one-seed sweep, job
+    time from the measured step times: per epoch 60,000 / batch size steps plus one evaluation per seed.
+    A norm not measured takes bn's rows (none and brn run batch norm's kernels or fewer); a batch size not
+    measured takes the nearest measured one's time per sample, and the price of the rule (packed where it
+    packs, else one after another)."""
+    by = {(r["norm"], r["batch_size"]): r for r in rows}
+    measured = {n for n, _ in by}
+    one_s, three_s = 0.0, 0.0
+    for name, bs, epochs in runs:
+        name = name if name in measured else ("bn" if "bn" in measured else rows[0]["norm"])
+        nearest = min((b for n, b in by if n == name), key=lambda b: (abs(math.log2(b) - math.log2(bs)), -b))
+        r = by[(name, nearest)]
+        train_s = FULL_TRAIN * r["one_ms_per_step"] / 1e3 / nearest  # an epoch of one seed
+        price = r["packed_price"] if r["rule_packs"] else r["sequential_price"]
+        one_s += epochs * (train_s + r["eval_seconds"])
+        three_s += epochs * (train_s * price + 3 * r["eval_seconds"])
+    return {"one_seed_job_hours": one_s / 3600, "three_seeds_job_hours": three_s / 3600,
+            "three_one_seed_sweeps_job_hours": 3 * one_s / 3600, "price": three_s / one_s}
 
 
 # ---------------------------------------------------------------- probes: one real run's set-up per process
@@ -385,11 +504,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=perf.available_cores(),
                         help="runs side by side in the sweep estimate, as hydra/launcher=joblib's n_jobs "
                         "(default: the number of cores)")
-    parser.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench" / "bench.json",
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
                         help="where to write the results (default outputs/bench/bench.json)")
     parser.add_argument("--synthetic-size", default=f"{FULL_TRAIN},{FULL_TEST}", help=argparse.SUPPRESS)
+    parser.add_argument("--packed", action="store_true",
+                        help="3 seeds packed vs one after another vs 1 seed (default --norms gn,bn "
+                        "--batch-sizes 1,2,4,16,256)")
     parser.add_argument("--probe", help=argparse.SUPPRESS)  # NORM,BATCH: this process is one probe
     args = parser.parse_args(argv)
+    if args.packed:
+        args.norms = "gn,bn" if args.norms == NORMS else args.norms
+        args.batch_sizes = "1,2,4,16,256" if args.batch_sizes == BATCH_SIZES else args.batch_sizes
+        if args.json == DEFAULT_JSON:
+            args.json = DEFAULT_JSON.with_name("packed.json")
     try:
         norms, sizes = args.norms.split(","), int_list(args.batch_sizes)
     except ValueError:
@@ -416,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
         if data_root is None:
             n_train, n_test = int_list(args.synthetic_size)
             data_root = write_synthetic_mnist(Path(tmp), n_train, n_test)
+        if args.packed:
+            return bench_packed(norms, sizes, args, data_root)
         rows, start = [], machine()
         print(f"normexp vs the pytorch/examples loop on {args.device}, {perf.available_cores()} cores; "
               f"{args.repeats} interleaved blocks each", flush=True)
@@ -446,6 +575,36 @@ def main(argv: list[str] | None = None) -> int:
     result = {"machine": {**end, "load_average_start": start["load_average"]},
               "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
               "probes": list(probes.values()), "sweep": estimate}  # fmt: skip
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten: {args.json}")
+    return 0
+
+
+def bench_packed(norms: list[str], sizes: list[int], args: argparse.Namespace, data_root: Path) -> int:
+    start = machine()
+    print(f"3 seeds packed vs one after another vs 1 seed on {args.device}; {args.repeats} interleaved "
+          "blocks each", flush=True)
+    print(machine_line(start), flush=True)
+    rows = []
+    for name in norms:
+        for batch_size in sizes:
+            rows.append(compare_packed(name, batch_size, args, data_root))
+            r = rows[-1]
+            print(f"  {name:4s} bs {batch_size:3d}: 1 seed {r['one_ms_per_step']:7.3f} ms, packed "
+                  f"{r['packed_price']:.2f}x, one after another {r['sequential_price']:.2f}x", flush=True)
+    estimate = packed_sweep_estimate(rows, sweep_runs(data_root, args.device))
+    end = machine()
+    print()
+    print(machine_line(end))
+    print(packed_table(rows))
+    print(f"\nmcn_sweep, 3 seeds, complete MNIST (estimated from these step times, one job at a time): "
+          f"{estimate['three_seeds_job_hours']:.2f} h of job time, {estimate['price']:.2f}x its one-seed "
+          "sweep "
+          f"({estimate['one_seed_job_hours']:.2f} h); three one-seed sweeps: "
+          f"{estimate['three_one_seed_sweeps_job_hours']:.2f} h")
+    result = {"machine": {**end, "load_average_start": start["load_average"]},
+              "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "sweep": estimate}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten: {args.json}")

@@ -13,13 +13,14 @@ from normexp import runfiles
 def make_run(
     sweep: Path, norm: str, batch_size: int, seed: int = 0, val_errors: tuple[float, ...] = (0.1, 0.05),
     status: str = "completed", diverged_epoch: int | None = None, epochs: int | None = None,
-    extra: tuple[str, ...] = (),
+    extra: tuple[str, ...] = (), folder: str | None = None, pack_size: int | None = None,
 ) -> Path:
-    """A run folder named as a sweep job; ``val_errors`` per finished epoch (val_loss = 2 x error + 0.01);
+    """A run folder named as a sweep job (or ``folder``, such as a seed's of a job of train.seeds, whose
+    ``pack_size`` its summary records); ``val_errors`` per finished epoch (val_loss = 2 x error + 0.01);
     ``status`` "unfinished" leaves summary.json as a run still going (or killed) leaves it: "running"."""
     overrides = [f"norm={norm}", f"batch_size={batch_size}", f"train.seed={seed}", *extra]
     cfg = compose_config(overrides)
-    run_dir = sweep / ",".join(sorted(overrides))
+    run_dir = sweep / (folder or ",".join(sorted(overrides)))
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     lr = 0.01 * batch_size / 256
@@ -35,6 +36,8 @@ def make_run(
         "norm": norm, "batch_size": batch_size, "seed": seed, "lr": lr,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+    if pack_size is not None:
+        summary["pack"] = {"pack_size": pack_size}
     if status == "diverged":
         summary["diverged_at"] = {"epoch": diverged_epoch, "step": 7, "loss": float("nan")}
     runfiles.write_summary(run_dir, summary)

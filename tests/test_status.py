@@ -110,6 +110,47 @@ def test_the_eta_of_each_job_and_of_the_sweep(sweep):
             assert job.eta_s is None
 
 
+def pack_sweep(path: Path, pack_size: int, ages: tuple[float, float, float]) -> Path:
+    """A sweep of two jobs of train.seeds=[0,1,2] (gn and bn at batch size 4, 3 epochs, one at a time): gn's
+    seeds running (seed 0 one epoch in, the others as ``pack_size`` has them), bn's pending."""
+    s = make_sweep(path, {"norm": "gn,bn", "batch_size": "4"}, ("train.epochs=3", "train.seeds=[0,1,2]"))
+    job = "batch_size=4,norm=gn,train.seeds=[0,1,2]"
+    for seed, seed_age in zip((0, 1, 2), ages, strict=True):
+        errors = (0.3,) if seed == 0 or pack_size == 3 else ()
+        run = make_run(s, "gn", 4, seed, errors, status="unfinished", epochs=3, folder=f"{job}/seed={seed}",
+                       pack_size=pack_size)
+        age(run, seed_age)
+    return s
+
+
+def test_a_job_of_train_seeds_is_one_job_with_a_row_per_seed(tmp_path):
+    result = status.read_sweep(pack_sweep(tmp_path / "packed", 3, (0.5, 0.5, 0.5)), now=NOW)
+    job = "batch_size=4,norm=gn,train.seeds=[0,1,2]"
+    assert [(j.name, j.seed, j.status) for j in result.jobs] == [
+        *((f"{job}/seed={s}", s, "running") for s in (0, 1, 2)),
+        *((f"batch_size=4,norm=bn,train.seeds=[0,1,2]/seed={s}", s, "pending") for s in (0, 1, 2))]
+    assert [len(unit) for unit in result.units()] == [3, 3] and result.jobs[0].pack == job
+    # packed: gn's seeds end together, 2 epochs of the pack's 1 s less the 0.5 s of this one; bn's job
+    # (packed as gn's, the same batch size) takes the one slot after, 3 epochs of 1 s
+    assert [j.eta_s for j in result.jobs] == [1.5, 1.5, 1.5, 4.5, 4.5, 4.5] and result.eta_s == 4.5
+    text = status.render(result)
+    assert "2 jobs (6 runs: jobs of train.seeds have a row per seed)" in text
+    assert "3 pending, 3 running" in text
+    alone = status.read_sweep(tmp_path / "packed" / job, now=NOW)
+    assert [(j.seed, j.status, j.eta_s) for j in alone.jobs] == [(0, "running", 1.5), (1, "running", 1.5),
+                                                                  (2, "running", 1.5)]
+
+
+def test_the_seeds_of_a_job_that_trains_them_one_after_another(tmp_path):
+    """Seeds 1 and 2 wait their turn, silent for 10 minutes while seed 0 writes: not stalled, and they end
+    one after another."""
+    result = status.read_sweep(pack_sweep(tmp_path / "seq", 1, (0.5, 600.0, 600.0)), now=NOW)
+    assert [j.status for j in result.jobs[:3]] == ["running"] * 3
+    assert [j.eta_s for j in result.jobs] == [1.5, 4.5, 7.5, 10.5, 13.5, 16.5]
+    killed = status.read_sweep(pack_sweep(tmp_path / "killed", 1, (3600.0, 3600.0, 3600.0)), now=NOW)
+    assert [j.status for j in killed.jobs[:3]] == ["stalled"] * 3
+
+
 def test_list_scheduling_on_the_launchers_slots():
     assert status.schedule([5.0], [10.0, 10.0, 10.0], slots=2) == [10.0, 15.0, 20.0]
     assert status.schedule([], [1.0, 2.0, 3.0], slots=3) == [1.0, 2.0, 3.0]
@@ -223,3 +264,14 @@ def test_the_command_on_a_real_sweep_reads_no_torch(tiny_mnist, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "normexp.status", str(tmp_path / "nope")], cwd=ROOT,
                              capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.startswith("normexp: error:")
+
+
+def test_a_real_sweep_of_train_seeds(tiny_mnist, tmp_path):
+    sweep = tmp_path / "sweep"
+    ran = run_cli("-m", "norm=gn", "batch_size=64", "train.epochs=1", "train.seeds=[3,4]", "train.threads=1",
+                  f"data.root={tiny_mnist}", "train.progress=false", f"hydra.sweep.dir={sweep}")
+    assert ran.returncode == 0, ran.stderr
+    result = status.read_sweep(sweep)
+    job = "batch_size=64,norm=gn,train.seeds=[3,4]"
+    assert [(j.name, j.pack, j.seed, j.status, j.planned) for j in result.jobs] == [
+        (f"{job}/seed=3", job, 3, "completed", True), (f"{job}/seed=4", job, 4, "completed", True)]
