@@ -358,10 +358,9 @@ def schedule(running: list[float], pending: list[float], slots: int) -> list[flo
 def mark_stalled(units: list[list[Job]], measured: list[Job], stall_after: float) -> None:
     """Running runs whose job (all of its seeds, for a job of train.seeds) wrote nothing for too long."""
     for unit in units:
-        ages = [j.age_s for j in unit if j.status == "running" and j.age_s is not None]
-        if not ages:
+        if not any(j.status == "running" for j in unit):
             continue
-        silent = min(ages)
+        silent = min((j.age_s for j in unit if j.age_s is not None), default=0.0)
         for job in unit:
             if job.status != "running" or job.age_s is None:
                 continue
@@ -388,6 +387,15 @@ def pack_ends(lefts: list[float], size: int) -> list[float]:
         ends += [start + max(group)] * len(group)
         start += max(group)
     return ends
+
+
+def _started_after_the_ended(unit: list[Job]) -> None:
+    """A seed of a job of train.seeds wrote its summary when the job began, and trains only after the seeds
+    before it ended: it has been in its first epoch at most since the last of them ended."""
+    ended = [j.age_s for j in unit if j.status in FINAL and j.age_s is not None]
+    for job in unit:
+        if ended and job.status == "running" and not job.epochs_run:
+            job.in_epoch_s = min(job.in_epoch_s, min(ended))
 
 
 def pack_size(unit: list[Job], jobs: list[Job]) -> int:
@@ -418,6 +426,7 @@ def estimate(sweep: Sweep, stall_after: float) -> None:
         if not waiting:
             continue
         size = pack_size(unit, sweep.jobs) if unit[0].pack else len(waiting)
+        _started_after_the_ended(unit)
         lefts = [time_left(j, e, training=k < size) for k, (j, e) in enumerate(zip(waiting, epochs,
                                                                                    strict=True))]
         ends = pack_ends(lefts, size)

@@ -151,6 +151,19 @@ def test_the_seeds_of_a_job_that_trains_them_one_after_another(tmp_path):
     assert [j.status for j in killed.jobs[:3]] == ["stalled"] * 3
 
 
+def test_a_seed_that_waited_for_its_turn_counts_its_epoch_from_the_seed_before(tmp_path):
+    """Seed 0 completed half a second ago; seeds 1 and 2 wrote their summaries when the job began, ten
+    minutes ago: seed 1 has trained for half a second, not ten minutes."""
+    sweep = pack_sweep(tmp_path / "turn", 1, (0.5, 600.0, 600.0))
+    seed0 = sweep / "batch_size=4,norm=gn,train.seeds=[0,1,2]" / "seed=0"
+    summary = json.loads((seed0 / runfiles.SUMMARY).read_text())
+    runfiles.write_summary(seed0, {**summary, "status": "completed"})
+    age(seed0, 0.5)
+    result = status.read_sweep(sweep, now=NOW)
+    assert [j.status for j in result.jobs[:3]] == ["completed", "running", "running"]
+    assert [j.eta_s for j in result.jobs[1:3]] == [2.5, 5.5]
+
+
 def test_list_scheduling_on_the_launchers_slots():
     assert status.schedule([5.0], [10.0, 10.0, 10.0], slots=2) == [10.0, 15.0, 20.0]
     assert status.schedule([], [1.0, 2.0, 3.0], slots=3) == [1.0, 2.0, 3.0]
