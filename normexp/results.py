@@ -27,6 +27,7 @@ from normexp import fingerprint, runfiles, sweeps
 
 # still running, or killed or failed while running (summary.json says "running", or there is none yet)
 UNFINISHED = "unfinished"
+SEED_DIR = re.compile(r"seed=\d+")  # a seed's run folder in a job of train.seeds (normexp.seeds)
 STATUSES = ("completed", "diverged", "interrupted", UNFINISHED)
 RUN_COLUMNS = (
     "run_dir", "job", "variant", "norm", "groups", "batch_size", "seed", "lr", "data", "protocol", "status",
@@ -143,7 +144,10 @@ def _note_jobs_not_started(sweep_dir: Path, run_dirs: list[Path], skipped: list[
         skipped.append(f"{sweep_dir / 'multirun.yaml'}: unreadable ({type(err).__name__}: {err}); cannot "
                        "tell how many jobs the sweep planned")
         return
-    present = sum(1 for d in run_dirs if d.parent == sweep_dir)
+    # a job of train.seeds is one job folder holding a run folder per seed (seed=<s>/)
+    jobs = {d if d.parent == sweep_dir else d.parent for d in run_dirs
+            if d.parent == sweep_dir or (d.parent.parent == sweep_dir and SEED_DIR.fullmatch(d.name))}
+    present = len(jobs)
     if planned is not None and planned > present:
         skipped.append(f"{sweep_dir}: {planned - present} of the {planned} jobs in multirun.yaml have no "
                        "folder yet (not started)")

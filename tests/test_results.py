@@ -81,6 +81,21 @@ def test_jobs_a_sweep_planned_but_has_not_started_are_reported(sweep):
     assert skipped == [f"{sweep}: 4 of the 8 jobs in multirun.yaml have no folder yet (not started)"]
 
 
+def test_a_job_of_train_seeds_is_one_job_whose_seeds_are_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    job = "batch_size=4,norm=gn,train.seeds=[0,1]"
+    for seed in (0, 1):
+        make_run(sweep, "gn", 4, seed, (0.2, 0.1), folder=f"{job}/seed={seed}")
+    (sweep / "multirun.yaml").write_text(
+        "hydra:\n  sweeper:\n    _target_: hydra._internal.core_plugins.basic_sweeper.BasicSweeper\n"
+        "    params:\n      norm: gn,bn\n  overrides:\n    task:\n    - batch_size=4\n"
+        "    - train.seeds=[0,1]\n")
+    skipped = []
+    df = results.load([sweep], skipped)
+    assert sorted(results.runs(df)["seed"]) == [0, 1]
+    assert skipped == [f"{sweep}: 1 of the 2 jobs in multirun.yaml have no folder yet (not started)"]
+
+
 def test_several_folders_single_runs_and_duplicates(tmp_path, sweep):
     other = make_run(tmp_path / "other", "gn", 4, 0, (0.3,))
     df = results.load([sweep, other, sweep / "batch_size=8,norm=gn,train.seed=0", tmp_path])
