@@ -296,7 +296,7 @@ def compare_packed(norm_name: str, batch_size: int, args: argparse.Namespace, da
         "norm": norm_name, "batch_size": batch_size, "steps_per_block": steps, "seeds": len(chosen),
         "one_ms_per_step": one, "sequential_ms_per_step": seq, "packed_ms_per_step": packed,
         "packed_price": packed / one, "sequential_price": seq / one, "packed_vs_sequential": packed / seq,
-        "rule_packs": perf.pack_size(batch_size, loops["one"].device, len(chosen)) > 1,
+        "rule_packs": perf.pack_size(cfg.train.pack_size, loops["one"].device, len(chosen)) > 1,
         "settings": asdict(loops["one"].setup.cpu), "ms_per_step": ms,
         "eval_seconds": _eval_seconds(loops["one"]),
     }  # fmt: skip

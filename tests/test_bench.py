@@ -62,6 +62,21 @@ def test_tiny_benchmark_prints_its_table_and_writes_json(tmp_path):
     assert epochs[("gn", 1)] == 10 and epochs[("bn", 256)] == 30
 
 
+def test_the_packed_mode_prints_its_table_and_writes_json(tmp_path):
+    out = tmp_path / "packed.json"
+    done = run_bench("--packed", "--norms", "gn", "--batch-sizes", "2", "--steps", "2", "--repeats", "3",
+                     "--synthetic-size", "256,128", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| norm | batch size | 1 seed"))
+    assert lines[header + 2].startswith("| gn | 2 |")
+    assert any(line.startswith("mcn_sweep, 3 seeds, complete MNIST") for line in lines)
+    (row,) = json.loads(out.read_text())["rows"]
+    assert all(len(row["ms_per_step"][k]) == 3 for k in ("one", "sequential", "packed"))
+    assert row["packed_price"] == pytest.approx(row["packed_ms_per_step"] / row["one_ms_per_step"])
+    assert row["seeds"] == 3 and not row["rule_packs"]  # on CPU the rule runs seeds one after another
+
+
 def test_bad_arguments_are_one_line_errors():
     done = run_bench("--batch-sizes", "0,4")
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [

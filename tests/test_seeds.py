@@ -277,11 +277,18 @@ BAD = {
 }
 
 
-def test_bad_seeds_get_one_line_before_any_folder(tmp_path, tiny_mnist):
+def test_bad_seeds_get_one_line(tiny_mnist):
+    for bad, expected in BAD.items():
+        extra = ["train.seeds=[0,1]"] if "pack_size" in bad else []
+        assert seeds.validate(config(tiny_mnist, "gn", bad, *extra)) == [expected], bad
+
+
+def test_bad_seeds_stop_the_cli_before_any_folder(tmp_path, tiny_mnist):
+    cases = {"train.seeds=[0,0]": BAD["train.seeds=[0,0]"], "train.pack_size=0": BAD["train.pack_size=0"]}
     commands = [[bad, "train.seeds=[0,1]" if "pack_size" in bad else "train.epochs=1",
                  f"data.root={tiny_mnist}", f"hydra.run.dir={tmp_path / str(i)}"]
-                for i, bad in enumerate(BAD)]
-    for i, (result, expected) in enumerate(zip(run_cli_many(commands), BAD.values(), strict=True)):
+                for i, bad in enumerate(cases)]
+    for i, (result, expected) in enumerate(zip(run_cli_many(commands), cases.values(), strict=True)):
         assert result.returncode != 0
         assert result.stderr.strip().splitlines() == [f"normexp: error: {expected}"]
         assert not (tmp_path / str(i)).exists()
