@@ -20,44 +20,19 @@ def choices(group: str) -> str:
 NORMS, PRESETS = choices("norm"), choices("experiment")
 # name: (overrides, the one line expected after "normexp: error: "); {data}, {empty}: data roots; a first
 # override "-m" makes it a sweep. The tiny training split has 200 digits.
-CASES = {
+CASES = {  # through the CLI: one of each kind of check (composition, values, custom import, data, sweeps)
     "unknown norm": (["norm=foo"], f"norm='foo': unknown; allowed: {NORMS}"),
     "unknown data": (["data=foo"], "data='foo': unknown; allowed: fashion_mnist, mnist"),
     "unknown experiment": (["experiment=foo"], f"experiment='foo': unknown; allowed: {PRESETS}"),
     "batch_size 0": (["batch_size=0"], "batch_size=0: must be an integer >= 1"),
-    "batch_size -1": (["batch_size=-1"], "batch_size=-1: must be an integer >= 1"),
-    "batch_size abc": (["batch_size=abc"], "batch_size='abc': must be an integer >= 1"),
-    "batch_size 2.5": (["batch_size=2.5"], "batch_size=2.5: must be an integer >= 1"),
     "batch_size > split": (["batch_size=201"],
                            "batch_size=201: larger than the 200 examples of the training split"),
-    "epochs 0": (["train.epochs=0"], "train.epochs=0: must be an integer >= 1"),
-    "lr 0": (["optim.lr=0"], "optim.lr=0: must be a number > 0 or 'auto'"),
-    "lr negative": (["optim.lr=-0.1"], "optim.lr=-0.1: must be a number > 0 or 'auto'"),
-    "momentum 1": (["optim.momentum=1.0"], "optim.momentum=1.0: must be a number in [0, 1)"),
-    "momentum negative": (["optim.momentum=-0.1"], "optim.momentum=-0.1: must be a number in [0, 1)"),
     "gn groups 3": (["norm=gn", "norm.groups=3"],
                     "norm.groups=3: must divide every layer's channel count (20, 50, 500)"),
-    "gn groups 0": (["norm=gn", "norm.groups=0"],
-                    "norm.groups=0: must be a positive integer or 'per_channel'"),
-    "brn r_max < 1": (["norm=brn", "norm.r_max=0.5"], "norm.r_max=0.5: must be a number >= 1"),
-    "brn d_max < 0": (["norm=brn", "norm.d_max=-1"], "norm.d_max=-1: must be a number >= 0"),
-    "brn r_max a bool": (["norm=brn", "norm.r_max=true"], "norm.r_max=True: must be a number >= 1"),
-    "frn eps 0": (["norm=frn", "norm.eps=0"], "norm.eps=0: must be a number > 0"),
-    "frn tlu": (["norm=frn", "norm.tlu=first"], "norm.tlu='first': allowed: relu, every"),
-    "frn learn_eps": (["norm=frn", "norm.learn_eps=maybe"], "norm.learn_eps='maybe': must be true or false"),
-    "ws_gn ws_eps < 0": (["norm=ws_gn", "norm.ws_eps=-1"], "norm.ws_eps=-1: must be a number > 0"),
-    "evonorm_s0 groups 3": (["norm=evonorm_s0", "norm.groups=3"],
-                            "norm.groups=3: must divide every layer's channel count (20, 50, 500)"),
-    "custom without target": (["norm=custom"], "norm.target=None: must be the import path of a "
-                              "torch.nn.Module class, e.g. mypkg.layers.MyNorm"),
     "custom target not importing": (["norm=custom", "norm.target=nopkg.layers.MyNorm"],
                                     "norm.target='nopkg.layers.MyNorm': does not import (ImportError: Error "
                                     "loading 'nopkg.layers.MyNorm': ModuleNotFoundError(\"No module named "
                                     "'nopkg'\") Are you sure that module 'nopkg' is installed?)"),
-    "custom wrong signature": (["norm=custom", "norm.target=torch.nn.ReLU", "+norm.kwargs.inplace=true"],
-                               "norm.target='torch.nn.ReLU': cannot be built as torch.nn.ReLU(num_channels="
-                               "20, **norm.kwargs): it must accept num_channels (TypeError: ReLU.__init__() "
-                               "got an unexpected keyword argument 'num_channels')"),
     "cuda without gpu": (["train.device=cuda"],
                          "train.device='cuda': no CUDA device is available here; allowed: auto, cpu"),
     "data missing, no download": (["data.root={empty}", "data.download=false"],
@@ -72,6 +47,33 @@ CASES = {
                                    f"norm='foo': unknown; allowed: {NORMS}"),
     "sweep, one job > split": (["-m", "batch_size=4,201"],
                                "batch_size=201: larger than the 200 examples of the training split"),
+}
+VALUE_CASES = {  # the other values, checked in-process by the same function (normexp.config.problems)
+    "batch_size -1": (["batch_size=-1"], "batch_size=-1: must be an integer >= 1"),
+    "batch_size abc": (["batch_size=abc"], "batch_size='abc': must be an integer >= 1"),
+    "batch_size 2.5": (["batch_size=2.5"], "batch_size=2.5: must be an integer >= 1"),
+    "epochs 0": (["train.epochs=0"], "train.epochs=0: must be an integer >= 1"),
+    "lr 0": (["optim.lr=0"], "optim.lr=0: must be a number > 0 or 'auto'"),
+    "lr negative": (["optim.lr=-0.1"], "optim.lr=-0.1: must be a number > 0 or 'auto'"),
+    "momentum 1": (["optim.momentum=1.0"], "optim.momentum=1.0: must be a number in [0, 1)"),
+    "momentum negative": (["optim.momentum=-0.1"], "optim.momentum=-0.1: must be a number in [0, 1)"),
+    "gn groups 0": (["norm=gn", "norm.groups=0"],
+                    "norm.groups=0: must be a positive integer or 'per_channel'"),
+    "brn r_max < 1": (["norm=brn", "norm.r_max=0.5"], "norm.r_max=0.5: must be a number >= 1"),
+    "brn d_max < 0": (["norm=brn", "norm.d_max=-1"], "norm.d_max=-1: must be a number >= 0"),
+    "brn r_max a bool": (["norm=brn", "norm.r_max=true"], "norm.r_max=True: must be a number >= 1"),
+    "frn eps 0": (["norm=frn", "norm.eps=0"], "norm.eps=0: must be a number > 0"),
+    "frn tlu": (["norm=frn", "norm.tlu=first"], "norm.tlu='first': allowed: relu, every"),
+    "frn learn_eps": (["norm=frn", "norm.learn_eps=maybe"], "norm.learn_eps='maybe': must be true or false"),
+    "ws_gn ws_eps < 0": (["norm=ws_gn", "norm.ws_eps=-1"], "norm.ws_eps=-1: must be a number > 0"),
+    "evonorm_s0 groups 3": (["norm=evonorm_s0", "norm.groups=3"],
+                            "norm.groups=3: must divide every layer's channel count (20, 50, 500)"),
+    "custom without target": (["norm=custom"], "norm.target=None: must be the import path of a "
+                              "torch.nn.Module class, e.g. mypkg.layers.MyNorm"),
+    "custom wrong signature": (["norm=custom", "norm.target=torch.nn.ReLU", "+norm.kwargs.inplace=true"],
+                               "norm.target='torch.nn.ReLU': cannot be built as torch.nn.ReLU(num_channels="
+                               "20, **norm.kwargs): it must accept num_channels (TypeError: ReLU.__init__() "
+                               "got an unexpected keyword argument 'num_channels')"),
 }
 
 
@@ -108,6 +110,15 @@ def test_bad_input_is_one_clear_line_and_no_folder(outcomes, name):
     assert result.stderr.strip().splitlines() == [expected], result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert not folder.exists()
+
+
+@pytest.mark.parametrize("name", VALUE_CASES)
+def test_bad_values_are_the_one_line_the_cli_prints(tiny_mnist, name):
+    from normexp.config import problems
+
+    overrides, line = VALUE_CASES[name]
+    base = [] if any(o.startswith("batch_size=") for o in overrides) else ["batch_size=8"]
+    assert problems(compose_config([f"data.root={tiny_mnist}", *base, *overrides])) == [line]
 
 
 MORE = {  # the other keys, checked in-process (the CLI path is the same as above): override -> the line
