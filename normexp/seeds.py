@@ -1,11 +1,12 @@
-"""Several seeds of one configuration in one job (owns ``train.seeds``).
+"""Several seeds of one configuration in one job (owns ``train.seeds`` and ``train.pack_size``).
 
 Each seed is its own run in ``<job folder>/seed=<s>/``, written exactly as if it had run alone: its own
-``.hydra/`` (``train.seed: s``), metrics.csv, summary.json, checkpoint.pt and lock. Where packing pays
-(``perf.pack_size``) the seeds train packed in one network (``normexp.pack``), else one after another in
-this process; either way each seed's initialisation, epoch order and optimizer state come from its own seed.
-A seed that diverges ends as diverged at its step and leaves the pack; the others go on. The job's own Hydra
-files go to ``<job folder>/.pack/``, so that the results find the seeds' folders and nothing else.
+``.hydra/`` (``train.seed: s``), metrics.csv, summary.json, checkpoint.pt and lock. As ``train.pack_size``
+says (``perf.pack_size``; a resumed job as its checkpoints record) the seeds train packed in one network
+(``normexp.pack``), else one after another in this process; either way each seed's initialisation, epoch
+order and optimizer state come from its own seed. A seed that diverges ends as diverged at its step and
+leaves the pack; the others go on. The job's own Hydra files go to ``<job folder>/.pack/``, so that the
+results find the seeds' folders and nothing else.
 """
 
 from __future__ import annotations
