@@ -27,7 +27,6 @@ from normexp import fingerprint, runfiles, sweeps
 
 # still running, or killed or failed while running (summary.json says "running", or there is none yet)
 UNFINISHED = "unfinished"
-SEED_DIR = re.compile(r"seed=\d+")  # a seed's run folder in a job of train.seeds (normexp.seeds)
 STATUSES = ("completed", "diverged", "interrupted", UNFINISHED)
 RUN_COLUMNS = (
     "run_dir", "job", "variant", "norm", "groups", "batch_size", "seed", "lr", "data", "protocol", "status",
@@ -146,7 +145,7 @@ def _note_jobs_not_started(sweep_dir: Path, run_dirs: list[Path], skipped: list[
         return
     # a job of train.seeds is one job folder holding a run folder per seed (seed=<s>/)
     jobs = {d if d.parent == sweep_dir else d.parent for d in run_dirs
-            if d.parent == sweep_dir or (d.parent.parent == sweep_dir and SEED_DIR.fullmatch(d.name))}
+            if d.parent == sweep_dir or (d.parent.parent == sweep_dir and runfiles.is_seed_folder(d))}
     present = len(jobs)
     if planned is not None and planned > present:
         skipped.append(f"{sweep_dir}: {planned - present} of the {planned} jobs in multirun.yaml have no "

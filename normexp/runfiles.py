@@ -17,6 +17,12 @@ METRIC_COLUMNS = (
     "val_loss", "val_error", "seconds", "samples_per_s",
 )
 FINAL_STATUSES = ("completed", "diverged")
+SEED_FOLDER = "seed={}"  # a seed's run folder in a job of train.seeds (normexp.seeds), e.g. seed=2
+
+
+def is_seed_folder(path: Path) -> bool:
+    name, _, seed = path.name.partition("=")
+    return name == "seed" and seed.isdigit()
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 

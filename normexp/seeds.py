@@ -27,7 +27,6 @@ from normexp.trainer import Outcome, Progress, Trainer, resolve_device
 
 log = logging.getLogger("normexp")
 
-SEED_FOLDER = "seed={}"
 TIMING_NOTE = "wall_seconds, samples_per_s and peak_rss_mb are the pack's (its seeds trained together)"
 MB_PER_SEED = 8.0  # weights, gradients, momentum and the solo copy of one LeNet (431,080 floats, 4 of each)
 MB_PER_EXAMPLE = 0.45  # activations kept for the backward pass, and their gradients, per training example
@@ -84,7 +83,7 @@ def seed_config(cfg: DictConfig, seed: int) -> DictConfig:
 
 
 def run_dirs(job_dir: Path, seeds: list[int]) -> list[Path]:
-    return [job_dir / SEED_FOLDER.format(s) for s in seeds]
+    return [job_dir / runfiles.SEED_FOLDER.format(s) for s in seeds]
 
 
 def write_hydra_folder(run_dir: Path, cfg: DictConfig, overrides: list[str], hydra_dir: Path | None) -> None:

@@ -63,8 +63,6 @@ STALL_EPOCHS = 3.0  # ... and at least this many of its epochs
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}(-\d{6})?")
 READ_ERRORS = (OSError, ValueError, TypeError, KeyError, csv.Error, yaml.YAMLError, OmegaConfBaseException)
 WIDTH = 110  # the footer's lines are wrapped at this width
-SEED_FOLDER = "seed={}"  # a seed's folder in a job of train.seeds (normexp.seeds, which imports torch)
-SEED_DIR = re.compile(r"seed=\d+")
 COLUMNS = ("norm", "bs", "seed", "status", "epochs", "val err", "samples/s", "last write", "ETA", "note")
 
 
@@ -178,8 +176,9 @@ def planned_jobs(config: DictConfig) -> list[Job] | None:
         if seeds is None:
             planned.append(Job(name, str(norm), variant, bs, get("train.seed"), epochs=epochs))
         else:
-            planned += [Job(f"{name}/{SEED_FOLDER.format(s)}", str(norm), variant, bs, s, epochs=epochs,
-                            pack=name) for s in seeds]
+            folders = [f"{name}/{runfiles.SEED_FOLDER.format(s)}" for s in seeds]
+            planned += [Job(folder, str(norm), variant, bs, s, epochs=epochs, pack=name)
+                        for folder, s in zip(folders, seeds, strict=True)]
     return planned
 
 
@@ -491,7 +490,7 @@ def is_run_dir(path: Path) -> bool:
 
 def seed_dirs(path: Path) -> list[Path]:
     """The seeds' folders of a job of train.seeds (none for any other folder)."""
-    found = [p for p in path.glob(SEED_FOLDER.format("*")) if p.is_dir() and SEED_DIR.fullmatch(p.name)]
+    found = [p for p in path.iterdir() if p.is_dir() and runfiles.is_seed_folder(p)] if path.is_dir() else []
     return sorted(found, key=lambda p: int(p.name.split("=")[1]))
 
 
@@ -528,8 +527,9 @@ def read_sweep(path: Path, stall_after: float = STALL_AFTER, now: float | None =
     """The status of every job of the sweep in ``path`` (or of the one run, for a run folder)."""
     now = time.time() if now is None else now
     sweep = Sweep(str(path), [], now)
-    if is_run_dir(path) or seed_dirs(path):
-        sweep.jobs = read_extras(path, now, pack=str(path) if seed_dirs(path) else None)
+    seeds = seed_dirs(path)
+    if is_run_dir(path) or seeds:
+        sweep.jobs = read_extras(path, now, pack=str(path) if seeds else None)
         for job in sweep.jobs:
             job.note = job.note.replace("not one of multirun.yaml's jobs", "")
     else:

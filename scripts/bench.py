@@ -43,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from dataclasses import asdict  # noqa: E402
 from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -572,13 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in sweep_lines(estimate):
         print(line)
-    result = {"machine": {**end, "load_average_start": start["load_average"]},
-              "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
-              "probes": list(probes.values()), "sweep": estimate}  # fmt: skip
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten: {args.json}")
-    return 0
+    return write_result(args, start, end, rows=rows, probes=list(probes.values()), sweep=estimate)
 
 
 def bench_packed(norms: list[str], sizes: list[int], args: argparse.Namespace, data_root: Path) -> int:
@@ -603,8 +598,13 @@ def bench_packed(norms: list[str], sizes: list[int], args: argparse.Namespace, d
           "sweep "
           f"({estimate['one_seed_job_hours']:.2f} h); three one-seed sweeps: "
           f"{estimate['three_one_seed_sweeps_job_hours']:.2f} h")
+    return write_result(args, start, end, rows=rows, sweep=estimate)
+
+
+def write_result(args: argparse.Namespace, start: dict, end: dict, **parts: Any) -> int:
+    """The machine (as at the end, with the load at the start), the arguments and ``parts`` as --json."""
     result = {"machine": {**end, "load_average_start": start["load_average"]},
-              "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "sweep": estimate}
+              "args": {k: str(v) for k, v in vars(args).items()}, **parts}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten: {args.json}")
