@@ -23,7 +23,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, LogFormatter, MaxNLocator, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, MaxNLocator, NullLocator
 
 from normexp import claims, results
 
@@ -271,8 +271,7 @@ def summary_figure(df: pd.DataFrame) -> Figure:
     ax.xaxis.set_major_locator(FixedLocator(sizes))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticklabels([str(s) for s in sizes])
-    highest = table["final_val_error_max"].max() if len(table) else np.nan
-    ax.set_ylim(0, highest * 1.12 if highest > 0 else None)  # nan > 0 is False: matplotlib's own top
+    _error_axis(ax, table)
     ax.set_xlabel("batch size (images per step)")
     ax.set_ylabel("final validation error (top-1)")
     ax.set_title("final validation error against batch size")
@@ -285,6 +284,24 @@ def summary_figure(df: pd.DataFrame) -> Figure:
                               label="mean over completed seeds; bars: lowest to highest"))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 2), frameon=False)
     return fig
+
+
+def _error_axis(ax: Axes, table: pd.DataFrame) -> None:
+    """A log axis up to 1 (chance is 0.9), so that 2 % and 3 % stay apart next to a norm at chance; linear
+    from 0 where some error is 0 or there is none."""
+    errors = table["final_val_error_min"].to_numpy(dtype=float) if len(table) else np.array([])
+    errors = errors[np.isfinite(errors)]
+    if len(errors) and (errors > 0).all():
+        ax.set_yscale("log")
+        bottom = errors.min() / 1.3
+        ax.set_ylim(bottom, 1.0)
+        ticks = [t * 10.0**k for k in range(int(np.floor(np.log10(bottom))), 1) for t in (1, 2, 3, 5)]
+        ax.yaxis.set_major_locator(FixedLocator([t for t in ticks if bottom <= t <= 1.0]))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+        ax.yaxis.set_minor_locator(NullLocator())
+        return
+    highest = table["final_val_error_max"].max() if len(table) else np.nan
+    ax.set_ylim(0, highest * 1.12 if highest > 0 else None)  # nan > 0 is False: matplotlib's own top
 
 
 def _not_completed_note(rows: pd.DataFrame) -> str:

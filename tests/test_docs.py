@@ -16,7 +16,7 @@ DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 HYDRA_BLOCKS = ("hydra", "defaults")  # Hydra's own settings and the composition list, not normexp's keys
 PRESET_GROUPS = ("experiment",)  # `# @package _global_` presets: documented by name
-README_MAX_LINES = 220
+README_MAX_LINES = 260  # a user's page: set-up, use, results; depth goes to docs/
 
 
 def dotted_keys(node: dict, prefix: str) -> set[str]:

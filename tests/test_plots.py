@@ -94,6 +94,13 @@ def test_summary_figure_is_final_error_against_batch_size_on_a_log2_axis(sweep):
     assert red_crosses(ax) == [8, 8]  # every run of bn and of none diverged at batch size 8
     assert "bn (BNORM) [diverged at bs 8]" in legend_texts(fig)
     assert "brn (RENORM) [unfinished at bs 8]" in legend_texts(fig)
+    assert ax.get_yscale() == "log" and ax.get_ylim()[1] >= 1.0  # 2 % apart from 3 %; chance (0.9) shown
+
+
+def test_summary_figure_is_linear_from_zero_where_an_error_is_zero(sweep):
+    make_run(sweep, "gn", 32, 0, (0.1, 0.0))  # a perfect run: no log axis for it
+    ax = plots.summary_figure(results.load([sweep])).axes[0]
+    assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0
 
 
 def test_write_report_writes_every_file(sweep, tmp_path):
