@@ -258,7 +258,8 @@ def test_a_pack_stopped_by_sigterm_saves_every_seed(tmp_path):
     assert proc.wait(timeout=60) == 143, proc.stderr.read()
     for s in (5, 6):
         saved = json.loads((tmp_path / "p" / f"seed={s}" / "summary.json").read_text())
-        assert saved["status"] == "interrupted" and saved["interrupted_at"]["batch"] > 0
+        # inside the epoch (batch 0 where a loaded machine signals before the first step)
+        assert saved["status"] == "interrupted" and 0 <= saved["interrupted_at"]["batch"] < 2000
         assert (tmp_path / "p" / f"seed={s}" / "checkpoint.pt").is_file()
 
 
