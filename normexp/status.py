@@ -8,8 +8,9 @@ One row per job of the sweep, in the order the launcher starts them, including j
 list is Hydra's basic sweeper's expansion of the sweep's ``multirun.yaml`` (``sweeps.sweep_jobs``) and each
 job's folder is named as Hydra names it (``hydra.sweep.subdir``, by default the job's override_dirname).
 
-A job is ``pending`` (no folder yet), ``running``, ``stalled`` (its summary.json says running, or it has none
-yet, but nothing in its folder was written for longer than ``--stall-after`` seconds and three of its
+A job is ``pending`` (no folder yet, or only Hydra's files and an empty log for NEVER_STARTED_AFTER:
+dispatched after its sweep was told to stop), ``running``, ``stalled`` (its summary.json says running, or it
+has none yet, but nothing in its folder was written for longer than ``--stall-after`` seconds and three of its
 epochs: the process was killed, by SIGKILL, the OOM killer or a lost node, or hangs; run the sweep again to
 resume it), ``completed``, ``diverged``, ``interrupted`` (stopped by a signal, checkpoint saved), ``failed``
 (the last line of its train.log is an error: normexp.train logs one for any exception) or ``unreadable`` (a
@@ -60,6 +61,9 @@ FINAL = ("completed", "diverged", "interrupted")
 SWEEPS_ROOT = Path("outputs/sweeps")
 STALL_AFTER = 300.0  # seconds without a write before a running job may count as stalled ...
 STALL_EPOCHS = 3.0  # ... and at least this many of its epochs
+# a folder holding only Hydra's files (no run file, an empty log) this long after Hydra wrote them: a job that
+# was dispatched but returned at once, because its sweep had been told to stop (start-up takes seconds)
+NEVER_STARTED_AFTER = 120.0
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}(-\d{6})?")
 READ_ERRORS = (OSError, ValueError, TypeError, KeyError, csv.Error, yaml.YAMLError, OmegaConfBaseException)
 WIDTH = 110  # the footer's lines are wrapped at this width
@@ -275,11 +279,24 @@ def _fill(job: Job, run_dir: Path, summary: dict[str, Any], rows: list[dict], no
         raise ValueError(f"unknown status {status!r}")
     elif (error := log_error(run_dir)) is not None:
         job.status, job.note = "failed", error.split("] - ", 1)[-1][:120]
+    elif status is None and never_started(run_dir, now):
+        job.status, job.note = "pending", "dispatched after a stop signal, never started"
     else:
         started = [p.stat().st_mtime for p in (run_dir / runfiles.SUMMARY, run_dir / runfiles.METRICS)
                    if p.is_file()]
         job.in_epoch_s = max(0.0, now - max(started)) if started else 0.0
         job.note = "" if status else "setting up: no summary.json yet"
+
+
+def never_started(run_dir: Path, now: float) -> bool:
+    """Only Hydra's files in the folder, none of the run's own, and an empty log, for NEVER_STARTED_AFTER."""
+    if any((run_dir / name).exists() for name in (runfiles.MARKER, runfiles.SUMMARY, runfiles.METRICS)):
+        return False
+    logs = list(run_dir.glob("*.log"))
+    if any(log.stat().st_size for log in logs):
+        return False
+    hydra = [p for p in (run_dir / ".hydra", *logs) if p.exists()]
+    return bool(hydra) and now - max(p.stat().st_mtime for p in hydra) > NEVER_STARTED_AFTER
 
 
 def _typed(summary: dict[str, Any], key: str, kind: type, default: Any) -> Any:

@@ -94,6 +94,24 @@ def test_every_kind_of_job_is_shown_as_what_it_is(sweep):
     assert json.loads(json.dumps(status.as_json(result)))["counts"]["pending"] == 4
 
 
+def test_a_job_dispatched_after_a_stop_signal_is_pending_not_running(sweep):
+    never = sweep / "batch_size=2,norm=gn,train.seed=0"  # only Hydra's files and an empty log
+    (never / ".hydra").mkdir(parents=True)
+    (never / ".hydra" / "config.yaml").write_text("{}\n")
+    (never / "train.log").write_text("")
+    age(never, 3600.0)
+    (never / ".normexp.lock").write_text("123 host\n")  # the resumed sweep's start-up check just looked at it
+    os.utime(never / ".normexp.lock", (NOW - 1, NOW - 1))
+    by = {(j.norm, j.batch_size): j for j in status.read_sweep(sweep, now=NOW).jobs}
+    never_job = by[("gn", 2)]
+    assert (never_job.status, never_job.note) == ("pending", "dispatched after a stop signal, never started")
+    assert by[("gn", 4)].status == "running"  # Hydra's folder of 5 s ago: a job setting up
+    (never / "train.log").write_text("[2026-01-01 10:00:00,000][normexp][INFO] - gn, batch size 2\n")
+    age(never, 3600.0)
+    by = {(j.norm, j.batch_size): j for j in status.read_sweep(sweep, now=NOW).jobs}
+    assert by[("gn", 2)].status != "pending"  # its log says it started
+
+
 def test_the_eta_of_each_job_and_of_the_sweep(sweep):
     result = status.read_sweep(sweep, now=NOW)
     by = {(j.norm, j.batch_size): j for j in result.jobs}
