@@ -310,15 +310,14 @@ def _eval_seconds(loop: NormexpLoop) -> float:
 
 
 def packed_table(rows: list[dict]) -> str:
-    lines = ["| norm | batch size | 1 seed ms/step | 3 one after another | 3 packed | packed: price of one "
-             "| one after another: price of one | packed / one after another | rule packs |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        lines.append(f"| {r['norm']} | {r['batch_size']} | {r['one_ms_per_step']:.3f} "
-                     f"| {r['sequential_ms_per_step']:.3f} | {r['packed_ms_per_step']:.3f} "
-                     f"| {r['packed_price']:.2f}x | {r['sequential_price']:.2f}x "
-                     f"| {r['packed_vs_sequential']:.2f} | {'yes' if r['rule_packs'] else 'no'} |")
-    return "\n".join(lines)
+    columns = ["norm", "batch size", "1 seed ms/step", "3 one after another", "3 packed",
+               "packed: price of one", "one after another: price of one", "packed / one after another",
+               "rule packs"]
+    return markdown_table(columns, [
+        [r["norm"], f"{r['batch_size']}", f"{r['one_ms_per_step']:.3f}", f"{r['sequential_ms_per_step']:.3f}",
+         f"{r['packed_ms_per_step']:.3f}", f"{r['packed_price']:.2f}x", f"{r['sequential_price']:.2f}x",
+         f"{r['packed_vs_sequential']:.2f}", "yes" if r["rule_packs"] else "no"] for r in rows],
+        left=("norm", "rule packs"))
 
 
 def packed_sweep_estimate(rows: list[dict], runs: list[tuple[str, int, int]]) -> dict:
@@ -443,16 +442,21 @@ def sweep_estimate(probes: dict, runs: list[tuple[str, int, int]], jobs: int) ->
 # ---------------------------------------------------------------- report
 
 
+def markdown_table(columns: list[str], rows: list[list[str]], left: tuple[str, ...] = ("norm",)) -> str:
+    """A markdown table of ready-made cells; the columns not in ``left`` (numbers) right-aligned."""
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "|".join("---" if c in left else "---:" for c in columns) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def table(rows: list[dict], jobs: int) -> str:
-    head = ("| norm | batch size | normexp samples/s | reference samples/s | ratio | normexp ms/step "
-            f"| reference ms/step | box samples/s, {jobs} runs | box ratio | peak RSS MB |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['norm']} | {r['batch_size']} | {r['normexp_samples_per_s']:.0f} "
-                     f"| {r['reference_samples_per_s']:.0f} | {r['ratio']:.2f}x "
-                     f"| {r['normexp_ms_per_step']:.3f} | {r['reference_ms_per_step']:.3f} "
-                     f"| {r['box_samples_per_s']:.0f} | {r['box_ratio']:.2f}x | {r['peak_rss_mb']:.0f} |")
-    return "\n".join(lines)
+    columns = ["norm", "batch size", "normexp samples/s", "reference samples/s", "ratio", "normexp ms/step",
+               "reference ms/step", f"box samples/s, {jobs} runs", "box ratio", "peak RSS MB"]
+    return markdown_table(columns, [
+        [r["norm"], f"{r['batch_size']}", f"{r['normexp_samples_per_s']:.0f}",
+         f"{r['reference_samples_per_s']:.0f}", f"{r['ratio']:.2f}x", f"{r['normexp_ms_per_step']:.3f}",
+         f"{r['reference_ms_per_step']:.3f}", f"{r['box_samples_per_s']:.0f}", f"{r['box_ratio']:.2f}x",
+         f"{r['peak_rss_mb']:.0f}"] for r in rows])
 
 
 def sweep_lines(estimate: dict) -> list[str]:
