@@ -279,7 +279,7 @@ def _fill(job: Job, run_dir: Path, summary: dict[str, Any], rows: list[dict], no
         raise ValueError(f"unknown status {status!r}")
     elif (error := log_error(run_dir)) is not None:
         job.status, job.note = "failed", error.split("] - ", 1)[-1][:120]
-    elif status is None and never_started(run_dir, now):
+    elif not summary and not rows and never_started(run_dir, now):
         job.status, job.note = "pending", "dispatched after a stop signal, never started"
     else:
         started = [p.stat().st_mtime for p in (run_dir / runfiles.SUMMARY, run_dir / runfiles.METRICS)
@@ -289,8 +289,9 @@ def _fill(job: Job, run_dir: Path, summary: dict[str, Any], rows: list[dict], no
 
 
 def never_started(run_dir: Path, now: float) -> bool:
-    """Only Hydra's files in the folder, none of the run's own, and an empty log, for NEVER_STARTED_AFTER."""
-    if any((run_dir / name).exists() for name in (runfiles.MARKER, runfiles.SUMMARY, runfiles.METRICS)):
+    """For a folder without summary.json and metrics.csv: no marker either, and only Hydra's files and an
+    empty log, written more than NEVER_STARTED_AFTER ago."""
+    if (run_dir / runfiles.MARKER).exists():
         return False
     logs = list(run_dir.glob("*.log"))
     if any(log.stat().st_size for log in logs):
