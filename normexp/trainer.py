@@ -29,6 +29,7 @@ from normexp import (
     norm,
     optim,
     perf,
+    provenance,
     runfiles,
     runguard,
     steps,
@@ -163,6 +164,7 @@ class Trainer:
         self.jobs = launchers.parallel_jobs() if jobs is None else jobs
         self.show_bar = sys.stderr.isatty() if self.tc.progress == "auto" else bool(self.tc.progress)
         self.setup: Setup | None = None
+        self.provenance: list[dict[str, Any]] = []  # what trained the run, one entry per machine and version
         self.logger = logger.build(cfg.get("logger"), run_dir)  # besides metrics.csv: none, or TensorBoard
         self._clock = time.perf_counter()
 
@@ -259,6 +261,8 @@ class Trainer:
             optim.match_state_layout(s.optimizer)  # the checkpoint may come from another memory layout
             log.info("resuming %s at epoch %d, batch %d", self.run_dir, state.epoch + 1, state.batch)
         state.cpu_settings = {"train": self.setup.cpu.as_dict(), "eval": self.setup.eval_cpu.as_dict()}
+        previous = runfiles.read_summary(self.run_dir) if checkpoint is not None else None
+        self.provenance = provenance.extended((previous or {}).get("provenance"))
         self._clock = time.perf_counter()  # the wall time counts training, not the set-up
         self.logger.start(self._summary("running", state), state.rows)
         return state
@@ -393,7 +397,7 @@ class Trainer:
             "mkldnn": s.cpu.mkldnn, "fast": self.tc.fast, "channels_last": s.cpu.channels_last,
             "cpu_settings_from": s.cpu.source, "eval_cpu_settings": s.eval_cpu.as_dict(),
             "protocol": sweeps.protocol_name(protocol), "protocol_settings": protocol,
-            "peak_rss_mb": round(memory.peak_rss_mb(), 1),
+            "peak_rss_mb": round(memory.peak_rss_mb(), 1), "provenance": self.provenance,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             **({"pack": state.pack} if state.pack else {}), **extra,
         }

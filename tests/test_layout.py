@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "normexp"
 LAYERS = [
     {"validation", "runfiles", "sweeps", "memory", "layers", "fingerprint", "stopping"},
     {"data", "model", "norm", "optim", "perf", "results", "status", "logger", "claims"},
-    {"steps", "plots", "launchers", "runguard"},
+    {"steps", "plots", "launchers", "runguard", "provenance"},
     {"runstate", "pack"},
     {"trainer"},
     {"seeds"},

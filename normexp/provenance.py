@@ -1,0 +1,46 @@
+"""Where a run's numbers came from: normexp's version and commit, torch, oneDNN and the CPU. A run records one
+entry per process that trained it (a resume on another machine adds one), so that shipped results say what
+made them."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from normexp import perf
+
+
+def _git(*args: str) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True,
+                              timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def source_commit() -> str | None:
+    """The git commit of normexp's source tree, ``-dirty`` where its code or configs (not its results) have
+    uncommitted changes; None outside git."""
+    head = _git("rev-parse", "HEAD")
+    if head is None or head.returncode != 0:
+        return None
+    changed = _git("diff", "--quiet", "HEAD", "--", ":/normexp", ":/conf", ":/pyproject.toml")
+    return head.stdout.strip() + ("-dirty" if changed is None or changed.returncode != 0 else "")
+
+
+def current() -> dict[str, Any]:
+    """This process's entry."""
+    cpu = perf.cpu_fingerprint()
+    return {"normexp": perf.normexp_version(), "commit": source_commit(), "torch": cpu["torch"],
+            "onednn": cpu["onednn"], "cpu": cpu["model"], "cores": cpu["cores"]}
+
+
+def extended(previous: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The entries of a run resumed from ``previous`` (None: a new run), this process's added where it differs
+    from the last."""
+    entries = list(previous or [])
+    now = current()
+    return entries if entries and entries[-1] == now else [*entries, now]
