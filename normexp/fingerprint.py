@@ -70,6 +70,13 @@ def _describe(values: dict[str, Any], key: str) -> str:
     return _short(value)
 
 
+def train_digits(marker: dict[str, Any] | None) -> int | None:
+    """How many training images a marker's data files hold (IDX: a 16-byte header, then 28x28 bytes each)."""
+    images = ((marker or {}).get("data") or {}).get("train-images-idx3-ubyte") or {}
+    size = images.get("bytes")
+    return (size - 16) // (28 * 28) if isinstance(size, int) and size >= 16 else None
+
+
 def data_id(marker: dict[str, Any] | None) -> str | None:
     """A short name for the data files a marker records (None without a marker)."""
     files = (marker or {}).get("data")

@@ -147,7 +147,8 @@ def epoch_stats(df: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def convergence_figure(df: pd.DataFrame, batch_size: int, writeup_limits: bool = False) -> Figure:
-    """The writeup's figure for one batch size: validation objective (log) and error against epoch."""
+    """The writeup's figure for one batch size: validation objective (log; with ``writeup_limits`` linear,
+    in the writeup's ranges) and error against epoch."""
     at_bs = df[df["batch_size"] == batch_size]
     fig = Figure(figsize=(11, 4.6), layout="constrained")
     ax_obj, ax_err = fig.subplots(1, 2)
@@ -173,15 +174,16 @@ def convergence_figure(df: pd.DataFrame, batch_size: int, writeup_limits: bool =
         ax.set_xlim(0.5, max_epoch + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, which="major", alpha=0.4)
-    ax_obj.set_yscale("log")
-    ax_obj.yaxis.set_major_formatter(PlainLogFormatter())
-    ax_obj.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
-    if ax_obj.get_ylim()[0] <= 0 or not np.isfinite(ax_obj.get_ylim()).all():
-        ax_obj.set_ylim(0.01, 10)  # no finite positive values to scale to
-    if writeup_limits:
+    if writeup_limits:  # the writeup's layout: linear axes from 0, its ranges
         obj_top, err_top = writeup_ylim(batch_size)
-        ax_obj.set_ylim(top=obj_top)
+        ax_obj.set_ylim(0, obj_top)
         ax_err.set_ylim(0, err_top)
+    else:
+        ax_obj.set_yscale("log")
+        ax_obj.yaxis.set_major_formatter(PlainLogFormatter())
+        ax_obj.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
+        if ax_obj.get_ylim()[0] <= 0 or not np.isfinite(ax_obj.get_ylim()).all():
+            ax_obj.set_ylim(0.01, 10)  # no finite positive values to scale to
     for ax in (ax_obj, ax_err):
         _mark_diverged(ax, diverged_points, make_room=not writeup_limits)
     if diverged_points:
@@ -265,6 +267,12 @@ def summary_figure(df: pd.DataFrame) -> Figure:
         diverged_points += [(int(bs), variant) for bs in all_diverged["batch_size"]]
         handles.append(Line2D([], [], color=style.color, marker=style.marker, linestyle=style.linestyle,
                               label=legend_label(variant, style) + _not_completed_note(rows)))
+        theirs = rows.dropna(subset=["writeup_error"])
+        ax.plot(theirs["batch_size"].to_numpy(dtype=float), theirs["writeup_error"].to_numpy(dtype=float),
+                color=style.color, marker=style.marker, markersize=11, fillstyle="none", linestyle="none")
+    if len(table) and table["writeup_error"].notna().any():
+        handles.append(Line2D([], [], color="grey", marker="o", markersize=11, fillstyle="none",
+                              linestyle="none", label="hollow: the writeup's final error (read off)"))
     sizes = sorted({*STUDY_BATCH_SIZES, *table.get("batch_size", [])})
     ax.set_xscale("log", base=2)
     ax.set_xlim(max(sizes) * 1.4, min(sizes) / 1.4)  # largest batch on the left, as in the GN paper
@@ -289,7 +297,8 @@ def summary_figure(df: pd.DataFrame) -> Figure:
 def _error_axis(ax: Axes, table: pd.DataFrame) -> None:
     """A log axis up to 1 (chance is 0.9), so that 2 % and 3 % stay apart next to a norm at chance; linear
     from 0 where some error is 0 or there is none."""
-    errors = table["final_val_error_min"].to_numpy(dtype=float) if len(table) else np.array([])
+    errors = (np.concatenate([table["final_val_error_min"].to_numpy(dtype=float),
+                              table["writeup_error"].to_numpy(dtype=float)]) if len(table) else np.array([]))
     errors = errors[np.isfinite(errors)]
     if len(errors) and (errors > 0).all():
         ax.set_yscale("log")

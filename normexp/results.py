@@ -23,14 +23,14 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from normexp import fingerprint, runfiles, sweeps
+from normexp import fingerprint, runfiles, sweeps, writeup
 
 # still running, or killed or failed while running (summary.json says "running", or there is none yet)
 UNFINISHED = "unfinished"
 STATUSES = ("completed", "diverged", "interrupted", UNFINISHED)
 RUN_COLUMNS = (
-    "run_dir", "job", "variant", "norm", "groups", "batch_size", "seed", "lr", "data", "protocol", "status",
-    "epochs",
+    "run_dir", "job", "variant", "norm", "groups", "batch_size", "seed", "lr", "data", "train_digits",
+    "protocol", "status", "epochs",
     "epochs_run", "final_val_error", "best_val_error", "diverged_epoch", "diverged_step", "diverged_loss",
 )
 EPOCH_COLUMNS = tuple(c for c in runfiles.METRIC_COLUMNS if c != "lr")  # lr is a run setting here
@@ -166,7 +166,8 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=False)
     if fingerprint.data_id(marker) is not None:  # runs on other data files are other variants
         config["data"]["files"] = fingerprint.data_id(marker)
-    return {"settings": run_settings(run_dir, cfg, summary), "metrics": metrics, "config": config,
+    settings = run_settings(run_dir, cfg, summary) | {"train_digits": fingerprint.train_digits(marker)}
+    return {"settings": settings, "metrics": metrics, "config": config,
             "identity": identity(cfg, marker)}
 
 
@@ -276,12 +277,23 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
                 "final_val_error_min": errors.min(), "final_val_error_max": errors.max()}
         row["status"] = (counts.index[0] if len(counts) == 1
                          else ", ".join(f"{row[s]} {s}" for s in STATUSES if row[s]))
+        row["comparable"] = bool(writeup.comparable(group).all())
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
         return table
+    table = _beside_the_writeup(table)
     order = ["norm", "variant", "batch_size"]
     return table.sort_values(order, ascending=[True, True, False], ignore_index=True)
+
+
+def _beside_the_writeup(table: pd.DataFrame) -> pd.DataFrame:
+    """The writeup's value (``writeup``: as read off; ``writeup_error``) and ours minus it (``writeup_diff``,
+    mean final error) in the rows whose runs are comparable with the writeup's (``writeup.comparable``)."""
+    table = table.merge(writeup.final_errors(), on=["norm", "batch_size"], how="left")
+    table.loc[~table["comparable"], ["writeup", "writeup_error"]] = [None, float("nan")]
+    table["writeup_diff"] = table["final_val_error_mean"] - table["writeup_error"]
+    return table
 
 
 def summary_markdown(table: pd.DataFrame, order: Iterable[str] = ()) -> str:
@@ -319,7 +331,17 @@ def _cell(row: Any) -> str:
     for status in STATUSES[1:]:
         if getattr(row, status):
             parts.append(f"{getattr(row, status)}/{row.runs} {status}" if row.runs > 1 else status)
-    return "; ".join(parts)
+    return "; ".join(parts) + _writeup_note(row)
+
+
+def _writeup_note(row: Any) -> str:
+    """The writeup's value beside ours, as a fraction like ours, and the difference where both are numbers."""
+    if not isinstance(row.writeup, str):
+        return ""
+    if math.isnan(row.writeup_error):
+        return " · writeup: " + {"div": "diverged", "": "no run"}.get(row.writeup, row.writeup)
+    diff = "" if math.isnan(row.writeup_diff) else f", ours {row.writeup_diff:+.4f}"
+    return f" · writeup {row.writeup_error:.4f}{diff}"
 
 
 def status_notes(df: pd.DataFrame) -> list[str]:

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from helpers import compose_config
 from omegaconf import OmegaConf
 
-from normexp import runfiles
+from normexp import fingerprint, runfiles
 
 
 def make_run(
     sweep: Path, norm: str, batch_size: int, seed: int = 0, val_errors: tuple[float, ...] = (0.1, 0.05),
     status: str = "completed", diverged_epoch: int | None = None, epochs: int | None = None,
     extra: tuple[str, ...] = (), folder: str | None = None, pack_size: int | None = None,
+    train_digits: int | None = None,
 ) -> Path:
     """A run folder named as a sweep job (or ``folder``, such as a seed's of a job of train.seeds, whose
     ``pack_size`` its summary records); ``val_errors`` per finished epoch (val_loss = 2 x error + 0.01);
-    ``status`` "unfinished" leaves summary.json as a run still going (or killed) leaves it: "running"."""
+    ``status`` "unfinished" leaves summary.json as a run still going (or killed) leaves it: "running";
+    ``train_digits``: a marker, normexp.json, recording data files with that many training images."""
     overrides = [f"norm={norm}", f"batch_size={batch_size}", f"train.seed={seed}", *extra]
     cfg = compose_config(overrides)
     run_dir = sweep / (folder or ",".join(sorted(overrides)))
@@ -41,4 +44,8 @@ def make_run(
     if status == "diverged":
         summary["diverged_at"] = {"epoch": diverged_epoch, "step": 7, "loss": float("nan")}
     runfiles.write_summary(run_dir, summary)
+    if train_digits is not None:
+        files = {"train-images-idx3-ubyte": {"bytes": 16 + 784 * train_digits, "sha256": "0" * 64}}
+        marker = {"format": 1, "config": fingerprint.result_settings(summary["config"]), "data": files}
+        (run_dir / runfiles.MARKER).write_text(json.dumps(marker))
     return run_dir

@@ -11,7 +11,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "normexp"
 # each module may import only modules of earlier layers
 LAYERS = [
-    {"validation", "runfiles", "sweeps", "memory", "layers", "fingerprint", "stopping"},
+    {"validation", "runfiles", "sweeps", "memory", "layers", "fingerprint", "stopping", "writeup"},
     {"data", "model", "norm", "optim", "perf", "results", "status", "logger", "claims"},
     {"steps", "plots", "launchers", "runguard", "provenance"},
     {"runstate", "pack"},

@@ -79,7 +79,9 @@ def test_convergence_figure_draws_means_bands_and_divergence(sweep):
 def test_writeup_limits(sweep):
     df = results.load([sweep])
     fig = plots.convergence_figure(df, 16, writeup_limits=True)
-    assert fig.axes[0].get_ylim()[1] == pytest.approx(0.1) and fig.axes[1].get_ylim() == (0, 0.05)
+    assert fig.axes[0].get_ylim() == (0, 0.1) and fig.axes[1].get_ylim() == (0, 0.05)
+    assert fig.axes[0].get_yscale() == fig.axes[1].get_yscale() == "linear"  # the writeup's layout
+    assert plots.convergence_figure(df, 16).axes[0].get_yscale() == "log"
     assert plots.writeup_ylim(4) == (0.3, 0.1)
 
 
