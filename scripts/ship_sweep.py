@@ -1,0 +1,100 @@
+"""Copy a sweep's finished runs into a folder that ships with the project: the files that results, the plot
+script and the notebook read, without checkpoints, logs or machine paths.
+
+    python scripts/ship_sweep.py outputs/sweeps/writeup/code_seed0 outputs/writeup/code/seed0
+
+Copies the sweep's multirun.yaml and, of every run that has ended (completed or diverged), its .hydra/ files,
+metrics.csv, summary.json (which records the run's provenance: normexp's commit, torch, oneDNN, the CPU) and
+normexp.json (the folder's mark as normexp's, with the data files' sizes and hashes). In them the data root
+becomes the name of its folder (the data is named by that and by the hashes), and the folder the sweep ran
+from becomes ".". Runs not ended yet are left out, one line each on stderr: run it again as more finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from normexp import results, runfiles
+
+RUN_FILES = (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", runfiles.METRICS,
+             runfiles.SUMMARY, runfiles.MARKER)
+ENDED = ("completed", "diverged")
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, as everywhere in normexp
+        self.exit(2, f"normexp: error: {message}\n")
+
+
+def machine_paths(run_dir: Path) -> dict[str, str]:
+    """What to replace in a run's files: its data root (as given and as an absolute path) by the data
+    folder's name, and the folder it ran from by "."; longest first, so that no part is replaced twice."""
+    summary = runfiles.read_summary(run_dir) or {}
+    hydra = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text()) if (
+        run_dir / ".hydra" / "hydra.yaml").is_file() else {}
+    cwd = ((hydra or {}).get("hydra") or {}).get("runtime", {}).get("cwd") or str(Path.cwd())
+    root = str(((summary.get("config") or {}).get("data") or {}).get("root") or "")
+    found = {cwd: "."}
+    if root:
+        name = Path(root).name or root
+        found |= {root: name, str((Path(cwd) / root).resolve()): name}
+    return dict(sorted(found.items(), key=lambda item: -len(item[0])))
+
+
+def scrubbed(text: str, paths: dict[str, str]) -> str:
+    for path, replacement in paths.items():
+        text = text.replace(path, replacement)
+    return text
+
+
+def ship_run(run_dir: Path, dest: Path) -> None:
+    paths = machine_paths(run_dir)
+    for name in RUN_FILES:
+        source = run_dir / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            runfiles.write_atomic(dest / name, scrubbed(source.read_text(), paths).encode())
+
+
+def ship(sweep: Path, dest: Path) -> tuple[list[Path], list[str]]:
+    """The runs of ``sweep`` copied into ``dest`` (their new folders), and a line for each run left out."""
+    shipped, left_out, paths = [], [], {str(Path.cwd()): "."}
+    for run_dir in results.find_run_dirs(sweep):
+        status = (runfiles.read_summary(run_dir) or {}).get("status", "not started")
+        if status not in ENDED:
+            left_out.append(f"{run_dir}: {status}, not shipped")
+            continue
+        target = dest / run_dir.relative_to(sweep)
+        ship_run(run_dir, target)
+        shipped.append(target)
+        paths = machine_paths(run_dir)
+    record = sweep / "multirun.yaml"
+    if record.is_file():
+        dest.mkdir(parents=True, exist_ok=True)
+        runfiles.write_atomic(dest / "multirun.yaml", scrubbed(record.read_text(), paths).encode())
+    return shipped, left_out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep", type=Path, help="the sweep folder (hydra.sweep.dir)")
+    parser.add_argument("dest", type=Path, help="where the copy goes, e.g. outputs/writeup/code/seed0")
+    args = parser.parse_args(argv)
+    if not args.sweep.is_dir():
+        parser.error(f"sweep={args.sweep}: no such folder")
+    if args.dest.resolve().is_relative_to(args.sweep.resolve()):
+        parser.error(f"dest={args.dest}: inside the sweep folder {args.sweep}; allowed: a folder outside it")
+    shipped, left_out = ship(args.sweep, args.dest)
+    for line in left_out:
+        print(f"ship_sweep: {line}", file=sys.stderr)
+    print(json.dumps({"shipped": len(shipped), "left_out": len(left_out), "to": str(args.dest)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
