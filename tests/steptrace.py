@@ -74,7 +74,8 @@ def trace(cfg, plant=None) -> dict:
     found["stats"] = statistics(model)
     model.eval()
     with torch.no_grad():
-        found["eval"] = model(setup.test_set.batch(torch.arange(len(setup.test_set)), fmt)[0]).double()
+        everything = torch.arange(len(setup.test_set), device=setup.device)
+        found["eval"] = model(setup.test_set.batch(everything, fmt)[0]).double()
     return found
 
 

@@ -53,7 +53,8 @@ class Original:
         self.params = {k: v.clone() for k, v in initial.items() if k.endswith(("weight", "bias"))}
         self.velocity = {k: torch.zeros_like(v) for k, v in self.params.items()}
         # MatConvNet's moments: a mean and a sigma per channel, both starting at 0
-        self.moments = {f"features.{i}": [torch.zeros(c), torch.zeros(c)]
+        device = initial["features.0.weight"].device
+        self.moments = {f"features.{i}": [torch.zeros(c, device=device), torch.zeros(c, device=device)]
                         for i, c in zip(NORMS, (20, 50, 500), strict=True)}
 
     def normalize(self, i: int, x: torch.Tensor, p: dict[str, torch.Tensor], training: bool) -> torch.Tensor:

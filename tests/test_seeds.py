@@ -98,7 +98,8 @@ def packed_traces(cfg) -> list[dict]:
         found[i]["stats"] = statistics(model)
         model.eval()
         with torch.no_grad():
-            found[i]["eval"] = model(lead.test_set.batch(torch.arange(len(lead.test_set)), fmt)[0]).double()
+            everything = torch.arange(len(lead.test_set), device=lead.device)
+            found[i]["eval"] = model(lead.test_set.batch(everything, fmt)[0]).double()
     return found
 
 
@@ -183,7 +184,7 @@ def timing_free(run_dir):
 
 
 def test_on_cpu_the_seeds_run_one_after_another_each_exactly_its_solo_run(tmp_path, tiny_mnist):
-    cfg = config(tiny_mnist, "gn", "train.seeds=[3,4]", batch_size=4, epochs=1)
+    cfg = config(tiny_mnist, "gn", "train.seeds=[3,4]", "train.device=cpu", batch_size=4, epochs=1)
     assert perf.pack_size(cfg.train.pack_size, torch.device("cpu"), 2) == 1
     seeds.fit(cfg, tmp_path / "pack", jobs=1)
     for s in (3, 4):
