@@ -478,9 +478,11 @@ def sweep_lines(estimate: dict) -> list[str]:
 
 def machine() -> dict:
     """The CPU the numbers are from (``perf.cpu_fingerprint()``: model, kernel flags, cores, torch, oneDNN),
-    where normexp's CPU settings came from (this machine's measurement or the built-in fallback), the load."""
+    the GPU where there is one, where normexp's CPU settings came from (this machine's measurement or the
+    built-in fallback), the load."""
     cache = perf.cache_path()
-    return {**perf.cpu_fingerprint(), "platform": platform.platform(),
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {**perf.cpu_fingerprint(), "gpu": gpu, "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
             "cpu_rule": cache.name if perf.load_cache(cache) is not None else "fallback",
             "cpu_rule_path": str(cache),
@@ -491,7 +493,8 @@ def machine_line(m: dict) -> str:
     load = ", ".join(f"{v:.2f}" for v in m["load_average"]) if m["load_average"] else "?"
     rule = ("built-in fallback rule" if m["cpu_rule"] == "fallback"
             else f"measured rule ({m['cpu_rule_path']})")  # fmt: skip
-    return (f"CPU: {m['model']}, {m['cores']} cores ({m['capability']}), torch {m['torch']}, oneDNN "
+    gpu = f"GPU: {m['gpu']}; " if m.get("gpu") else ""
+    return (f"{gpu}CPU: {m['model']}, {m['cores']} cores ({m['capability']}), torch {m['torch']}, oneDNN "
             f"{m['onednn']}; normexp's CPU settings: {rule}; load average {load} (1, 5, 15 min)")
 
 
