@@ -64,6 +64,9 @@ FULL_TRAIN, FULL_TEST = 60_000, 10_000  # MNIST: what the sweep estimate is for
 WARMUP_STEPS = 5
 # torch's own settings in this process, before anything here changes them: the reference runs under these
 TORCH_DEFAULTS = perf.CpuSettings(threads=torch.get_num_threads(), mkldnn=torch.backends.mkldnn.enabled)
+# PyTorch's own GPU numerics, which the reference keeps and normexp's set-up changes (trainer.exact_float32)
+CUDA_DEFAULTS = {key: getattr(torch.backends.cudnn, key)
+                 for key in ("allow_tf32", "deterministic", "benchmark")}
 
 
 class Parser(argparse.ArgumentParser):
@@ -127,6 +130,7 @@ class NormexpLoop:
     def run(self, steps: int) -> int:
         """Trains ``steps`` steps; returns the number of samples."""
         perf.apply(self.setup.cpu)
+        trainer.exact_float32(self.device)
         self.setup.model.train()
         samples = 0
         while steps > 0:
@@ -161,6 +165,7 @@ class PackedLoop:
     def run(self, steps: int) -> int:
         """Trains ``steps`` steps of every seed; returns the number of samples of all seeds."""
         perf.apply(self.setup.cpu)
+        trainer.exact_float32(self.device)
         self.pack.net.model.train()
         samples = 0
         while steps > 0:
@@ -217,6 +222,9 @@ class ReferenceLoop:
 
     def run(self, steps: int) -> int:
         perf.apply(TORCH_DEFAULTS)
+        if self.device.type == "cuda":
+            for key, value in CUDA_DEFAULTS.items():
+                setattr(torch.backends.cudnn, key, value)
         self.model.train()
         samples = 0
         for _ in range(steps):
