@@ -4,6 +4,7 @@ paths, and they load and plot from a fresh clone with no data and no training.""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fake_runs import make_run
-from helpers import ROOT
+from helpers import ROOT, run_cli
 
 from normexp import plots, results, runfiles
 
@@ -117,3 +118,20 @@ def test_the_shipped_results_hold_no_machine_paths_and_load_and_plot(tmp_path):
     for summary in SHIPPED.rglob(runfiles.SUMMARY):
         entries = json.loads(summary.read_text())["provenance"]
         assert entries and all(e["commit"] and e["torch"] and e["cpu"] for e in entries), summary
+
+
+def test_shipped_runs_copied_into_a_new_sweep_folder_are_not_run_again(tmp_path, tiny_mnist):
+    """A study continued on a fresh machine: its shipped runs, copied into the sweep folder, count as done."""
+    command = ["-m", "norm=gn", "batch_size=50", "train.epochs=1", f"data.root={tiny_mnist}",
+               "data.download=false", "train.progress=false"]
+    first = run_cli(*command, f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert first.returncode == 0, first.stderr
+    assert ship(tmp_path / "sweep", tmp_path / "shipped").returncode == 0
+    shutil.copytree(tmp_path / "shipped", tmp_path / "fresh")
+    again = run_cli(*command, f"hydra.sweep.dir={tmp_path / 'fresh'}")
+    assert again.returncode == 0, again.stderr
+    assert "already completed after 1 epochs, nothing to do" in again.stdout + again.stderr
+    job = "batch_size=50,norm=gn"
+    assert (tmp_path / "fresh" / job / runfiles.METRICS).read_text() == (
+        tmp_path / "sweep" / job / runfiles.METRICS).read_text()
+    assert not (tmp_path / "fresh" / job / runfiles.CHECKPOINT).exists()
