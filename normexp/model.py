@@ -41,8 +41,8 @@ class WholeInputConv2d(Conv2d):
     example, re-writing the whole 1.6 MB weight gradient for each: 1.2-1.7x slower at batch sizes 1-4
     (measured). Packed seeds (groups > 1) take one product per seed in one ``baddbmm``, the weight on the
     left: the grouped convolution computes each seed's weight gradient apart and then copies them into one
-    tensor (``cat``): 1.3-2.1x slower at batch sizes 1-4 (measured, forward and backward). Other layouts (channels-last for oneDNN)
-    take the ordinary convolution."""
+    tensor (``cat``), 1.3-2.1x slower at batch sizes 1-4 (measured, forward and backward). Other layouts
+    (channels-last for oneDNN) take the ordinary convolution."""
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self.conv_weight()
