@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import write_mnist
 
 
@@ -12,6 +13,14 @@ from helpers import write_mnist
 def tiny_mnist(tmp_path: Path) -> Path:
     """A data root with 200 training and 100 test digits in torchvision's MNIST layout."""
     return write_mnist(tmp_path / "data")
+
+
+@pytest.fixture
+def float64():
+    """torch's default dtype float64 for the test, float32 again after it."""
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
 
 
 @pytest.fixture(autouse=True)

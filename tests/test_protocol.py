@@ -37,11 +37,9 @@ FACTORS = {"conv.weight": (1, 1), "conv.bias": (1, 0), "bn.weight": (2, 0), "bn.
 MOMENT_RATE = {"bn": 0.1, "brn": 0.01}  # the moments' learningRate, trained by 'average'
 
 
-@pytest.fixture
-def float64():
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(torch.float32)
+def summed_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """vl_nnloss's softmax log loss: summed over the batch, not averaged."""
+    return (logits.logsumexp(1) - logits.gather(1, y[:, None])[:, 0]).sum()
 
 
 class Original:
@@ -103,7 +101,7 @@ class Original:
         self.epochs_seen += holds_first_image
         p = {k: v.clone().requires_grad_() for k, v in self.params.items()}
         logits = self.forward(x, p, training=True)
-        summed = (logits.logsumexp(1) - logits.gather(1, y[:, None])[:, 0]).sum()  # vl_nnloss: the sum
+        summed = summed_loss(logits, y)
         grads = dict(zip(p, torch.autograd.grad(summed, list(p.values())), strict=True))
         for name, w in self.params.items():
             lr_f, wd_f = FACTORS[self.role(name)]
@@ -120,7 +118,7 @@ class Original:
         with torch.no_grad():
             for x, y in split.in_order(50):
                 logits = self.forward(x, self.params, training=False)
-                loss += (logits.logsumexp(1) - logits.gather(1, y[:, None])[:, 0]).sum().item()
+                loss += summed_loss(logits, y).item()
                 wrong += int((logits.argmax(1) != y).sum())
         return loss / len(split), wrong / len(split)
 

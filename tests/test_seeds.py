@@ -103,13 +103,6 @@ def packed_traces(cfg) -> list[dict]:
     return found
 
 
-@pytest.fixture
-def float64():
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(torch.float32)
-
-
 # Not "in": its 1x1 map holds one value per channel, which it sets to 0 up to rounding, so all below it is
 # rounding noise that two kernels cannot agree on (as in tests/test_perf.py). Its packed layer is checked
 # against its seeds' layers in tests/test_norm.py, on the 1x1 map too.
