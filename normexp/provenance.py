@@ -1,4 +1,5 @@
-"""Where a run's numbers came from: normexp's version and commit, torch, oneDNN and the CPU. A run records one
+"""Where a run's numbers came from: normexp's version and commit, torch, oneDNN, the CPU and the GPU that
+trained it, if any. A run records one
 entry per process that trained it (a resume on another machine adds one), so that shipped results say what
 made them."""
 
@@ -8,6 +9,8 @@ import functools
 import subprocess
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from normexp import perf
 
@@ -31,16 +34,20 @@ def source_commit() -> str | None:
     return head.stdout.strip() + ("-dirty" if changed is None or changed.returncode != 0 else "")
 
 
-def current() -> dict[str, Any]:
-    """This process's entry."""
+def current(device: torch.device | None = None) -> dict[str, Any]:
+    """This process's entry, for a run on ``device`` (a GPU's name is recorded too)."""
     cpu = perf.cpu_fingerprint()
-    return {"normexp": perf.normexp_version(), "commit": source_commit(), "torch": cpu["torch"],
-            "onednn": cpu["onednn"], "cpu": cpu["model"], "cores": cpu["cores"]}
+    entry = {"normexp": perf.normexp_version(), "commit": source_commit(), "torch": cpu["torch"],
+             "onednn": cpu["onednn"], "cpu": cpu["model"], "cores": cpu["cores"]}
+    if device is not None and device.type == "cuda":
+        entry["gpu"] = torch.cuda.get_device_name(device)
+    return entry
 
 
-def extended(previous: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """The entries of a run resumed from ``previous`` (None: a new run), this process's added where it differs
-    from the last."""
+def extended(previous: list[dict[str, Any]] | None,
+             device: torch.device | None = None) -> list[dict[str, Any]]:
+    """The entries of a run on ``device`` resumed from ``previous`` (None: a new run), this process's added
+    where it differs from the last."""
     entries = list(previous or [])
-    now = current()
+    now = current(device)
     return entries if entries and entries[-1] == now else [*entries, now]

@@ -274,7 +274,7 @@ class Trainer:
             log.info("resuming %s at epoch %d, batch %d", self.run_dir, state.epoch + 1, state.batch)
         state.cpu_settings = {"train": self.setup.cpu.as_dict(), "eval": self.setup.eval_cpu.as_dict()}
         previous = runfiles.read_summary(self.run_dir) if checkpoint is not None else None
-        self.provenance = provenance.extended((previous or {}).get("provenance"))
+        self.provenance = provenance.extended((previous or {}).get("provenance"), self.setup.device)
         self._clock = time.perf_counter()  # the wall time counts training, not the set-up
         self.logger.start(self._summary("running", state), state.rows)
         return state

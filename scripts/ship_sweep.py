@@ -33,13 +33,17 @@ class Parser(argparse.ArgumentParser):
 
 def machine_paths(run_dir: Path) -> dict[str, str]:
     """What to replace in a run's files: its data root (as given and as an absolute path) by the data
-    folder's name, and the folder it ran from by "."; longest first, so that no part is replaced twice."""
+    folder's name, a sweep folder given as an absolute path by its name, and the folder it ran from by ".";
+    longest first, so that no part is replaced twice."""
     summary = runfiles.read_summary(run_dir) or {}
     hydra = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text()) if (
         run_dir / ".hydra" / "hydra.yaml").is_file() else {}
     cwd = ((hydra or {}).get("hydra") or {}).get("runtime", {}).get("cwd") or str(Path.cwd())
     root = str(((summary.get("config") or {}).get("data") or {}).get("root") or "")
     found = {cwd: "."}
+    sweep_dir = str((((hydra or {}).get("hydra") or {}).get("sweep") or {}).get("dir") or "")
+    if Path(sweep_dir).is_absolute():
+        found[sweep_dir] = Path(sweep_dir).name
     if root:
         name = Path(root).name or root
         found |= {root: name, str((Path(cwd) / root).resolve()): name}

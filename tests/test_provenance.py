@@ -16,6 +16,13 @@ def test_this_process_entry_names_the_code_torch_onednn_and_cpu():
     assert entry["cpu"] == perf.cpu_fingerprint()["model"] and entry["cores"] == perf.available_cores()
     commit = entry["commit"]
     assert commit is None or len(commit.removesuffix("-dirty")) == 40  # tests run from a clone: a commit
+    assert provenance.current(torch.device("cpu")) == entry
+
+
+def test_a_run_on_a_gpu_records_its_name(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    entry = provenance.current(torch.device("cuda", 0))
+    assert entry == {**provenance.current(), "gpu": "NVIDIA H200"}
 
 
 def test_an_entry_is_added_only_where_something_changed():
@@ -37,6 +44,6 @@ def test_a_run_records_its_provenance_and_a_resume_on_other_machine_adds_to_it(t
     again = Trainer(cfg(2), tmp_path, jobs=1).fit().summary  # resumed here: the same entry
     assert again["epochs_run"] == 2 and again["provenance"] == first["provenance"]
     moved = {**provenance.current(), "cpu": "another CPU"}
-    monkeypatch.setattr(provenance, "current", lambda: moved)
+    monkeypatch.setattr(provenance, "current", lambda device=None: moved)
     resumed = Trainer(cfg(3), tmp_path, jobs=1).fit().summary
     assert resumed["epochs_run"] == 3 and resumed["provenance"] == [*first["provenance"], moved]

@@ -51,21 +51,24 @@ def absolute_paths(folder: Path) -> list[str]:
 
 @pytest.fixture
 def sweep(tmp_path: Path) -> Path:
-    """Runs that read their data from an absolute path and ran from ``tmp_path``: one completed, one
-    diverged, one still running; each with a checkpoint and a log that must not ship."""
-    s, data = tmp_path / "sweep", tmp_path / "machine" / "mnist-complete"
+    """Runs that read their data from an absolute path and ran from ``tmp_path``/repo into a sweep folder
+    named by its absolute path outside it: one completed, one diverged, one still running; each with a
+    checkpoint and a log that must not ship."""
+    s, data, cwd = tmp_path / "sweep", tmp_path / "machine" / "mnist-complete", tmp_path / "repo"
     for norm, status in (("gn", "completed"), ("bn", "diverged"), ("brn", "unfinished")):
         run = make_run(s, norm, 4, val_errors=(0.1, 0.05), status=status, diverged_epoch=2, epochs=2,
                        extra=(f"data.root={data}",), train_digits=60000,
                        folder=f"batch_size=4,norm={norm},train.seed=0")
-        hydra = {"hydra": {"runtime": {"cwd": str(tmp_path), "output_dir": str(run),
-                                       "config_sources": [{"path": f"file://{tmp_path}/conf"}]},
+        hydra = {"hydra": {"sweep": {"dir": str(s)},
+                           "runtime": {"cwd": str(cwd), "output_dir": str(run),
+                                       "config_sources": [{"path": f"file://{cwd}/conf"}]},
                            "overrides": {"task": [f"data.root={data}"]}}}
         (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
         (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"norm={norm}", f"data.root={data}"]))
         (run / runfiles.CHECKPOINT).write_bytes(b"weights")
         (run / "train.log").write_text(f"training -> {run}\n")
-    (s / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"cwd": str(tmp_path)}}}))
+    (s / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"sweep": {"dir": str(s)},
+                                                               "runtime": {"cwd": str(cwd)}}}))
     return s
 
 
@@ -88,6 +91,8 @@ def test_ended_runs_ship_without_checkpoints_logs_or_machine_paths(sweep, tmp_pa
     hydra = yaml.safe_load(next(dest.glob("*norm=gn*")).joinpath(".hydra", "hydra.yaml").read_text())
     assert hydra["hydra"]["runtime"]["cwd"] == "." and hydra["hydra"]["overrides"]["task"] == [
         "data.root=mnist-complete"]
+    assert hydra["hydra"]["sweep"]["dir"] == "sweep"
+    assert hydra["hydra"]["runtime"]["output_dir"] == "sweep/batch_size=4,norm=gn,train.seed=0"
     before = results.runs(results.load([sweep])).set_index("norm")
     after = results.runs(results.load([dest])).set_index("norm")
     assert after.loc["gn", "final_val_error"] == before.loc["gn", "final_val_error"] == 0.05
