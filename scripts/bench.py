@@ -506,7 +506,8 @@ def machine_line(m: dict) -> str:
             f"{m['onednn']}; normexp's CPU settings: {rule}; load average {load} (1, 5, 15 min)")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], list[int]]:
+    """The options, checked (one line and exit code 2 for a bad one), and the norms and batch sizes."""
     parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--norms", default=NORMS, help=f"comma-separated (default {NORMS})")
     parser.add_argument("--batch-sizes", default=BATCH_SIZES, help=f"comma-separated (default {BATCH_SIZES})")
@@ -548,12 +549,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{key}={getattr(args, key)}: must be an integer >= 1")
     if args.steps < 0 or args.seconds <= 0:
         parser.error("--steps must be >= 0 and --seconds > 0")
+    return args, norms, sizes
 
+
+def main(argv: list[str] | None = None) -> int:
+    args, norms, sizes = parse_args(argv)
     if args.probe:
         name, batch_size = args.probe.split(",")
         print(json.dumps(probe(name, int(batch_size), args, args.data_root)))
         return 0
-
     with tempfile.TemporaryDirectory() as tmp:
         data_root = args.data_root
         if data_root is None:
@@ -561,21 +565,28 @@ def main(argv: list[str] | None = None) -> int:
             data_root = write_synthetic_mnist(Path(tmp), n_train, n_test)
         if args.packed:
             return bench_packed(norms, sizes, args, data_root)
-        rows, start = [], machine()
-        print(f"normexp vs the pytorch/examples loop on {args.device}, {perf.available_cores()} cores; "
-              f"{args.repeats} interleaved blocks each", flush=True)
-        print(machine_line(start), flush=True)
-        for name in norms:
-            for batch_size in sizes:
-                rows.append(compare(name, batch_size, args, data_root))
-                r = rows[-1]
-                print(f"  {name:4s} bs {batch_size:3d}: normexp {r['normexp_samples_per_s']:8.0f}/s  "
-                      f"reference {r['reference_samples_per_s']:8.0f}/s  {r['ratio']:.2f}x", flush=True)
-        runs = sweep_runs(data_root, args.device)
-        wanted = {(n, b) for n in norms for b in sizes}
-        print(f"probing {len(wanted)} real set-ups, {args.jobs} at a time ...", flush=True)
-        probes = run_probes([(n, b) for n, b, _ in runs if (n, b) in wanted]
-                            + sorted(wanted - {(n, b) for n, b, _ in runs}), args, data_root)
+        return bench_against_reference(norms, sizes, args, data_root)
+
+
+def bench_against_reference(norms: list[str], sizes: list[int], args: argparse.Namespace,
+                            data_root: Path) -> int:
+    """normexp's loop against pytorch/examples' per norm and batch size, then probes of real runs for the
+    box's throughput and the sweep estimate; the table printed, the JSON written."""
+    rows, start = [], machine()
+    print(f"normexp vs the pytorch/examples loop on {args.device}, {perf.available_cores()} cores; "
+          f"{args.repeats} interleaved blocks each", flush=True)
+    print(machine_line(start), flush=True)
+    for name in norms:
+        for batch_size in sizes:
+            rows.append(compare(name, batch_size, args, data_root))
+            r = rows[-1]
+            print(f"  {name:4s} bs {batch_size:3d}: normexp {r['normexp_samples_per_s']:8.0f}/s  "
+                  f"reference {r['reference_samples_per_s']:8.0f}/s  {r['ratio']:.2f}x", flush=True)
+    runs = sweep_runs(data_root, args.device)
+    wanted = {(n, b) for n in norms for b in sizes}
+    print(f"probing {len(wanted)} real set-ups, {args.jobs} at a time ...", flush=True)
+    probes = run_probes([(n, b) for n, b, _ in runs if (n, b) in wanted]
+                        + sorted(wanted - {(n, b) for n, b, _ in runs}), args, data_root)
     for r in rows:  # what the box does in a sweep: --jobs runs side by side, each at its probe's rate
         found = probes[(r["norm"], r["batch_size"])]
         r["peak_rss_mb"], r["box_samples_per_s"] = found["peak_rss_mb"], args.jobs * found["samples_per_s"]
