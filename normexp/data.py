@@ -242,3 +242,18 @@ def epoch_order(
     sees the same order; the last batch may be smaller."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return list(torch.randperm(num_examples, generator=generator).to(device).split(batch_size))
+
+
+def write_synthetic_mnist(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """MNIST's files (torchvision's layout under ``root``) holding random 28x28 uint8 digits and labels: what
+    the benchmark and the tuner measure on."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        header = b"".join(v.to_bytes(4, "big") for v in (IMAGE_MAGIC, n, 28, 28))
+        images = rng.integers(0, 256, n * 784, np.uint8).tobytes()
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + images)
+        header = LABEL_MAGIC.to_bytes(4, "big") + n.to_bytes(4, "big")
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(header + rng.integers(0, 10, n, np.uint8).tobytes())
+    return root

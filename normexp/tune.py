@@ -33,7 +33,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
@@ -173,20 +172,6 @@ def timed(work: Work, units: int) -> float:
 # ---------------------------------------------------------------- measuring
 
 
-def write_synthetic_mnist(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
-    """MNIST's files (torchvision's layout under ``root``) holding random digits and labels."""
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        header = b"".join(v.to_bytes(4, "big") for v in (data.IMAGE_MAGIC, n, 28, 28))
-        images = rng.integers(0, 256, n * 784, np.uint8).tobytes()
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + images)
-        header = data.LABEL_MAGIC.to_bytes(4, "big") + n.to_bytes(4, "big")
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(header + rng.integers(0, 10, n, np.uint8).tobytes())
-    return root
-
-
 def compose(overrides: list[str], hydra: bool = False) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -262,7 +247,7 @@ def measure_all(cells: list[Cell], seconds: float, repeats: int, path: Path, cac
     with tempfile.TemporaryDirectory() as tmp, tqdm(total=len(cells) * len(cands) * (repeats + 1),
                                                     unit="block", dynamic_ncols=True) as bar:
         eval_size = max([c.batch_size for c in cells if c.evaluation], default=1)
-        root = write_synthetic_mnist(Path(tmp), TRAIN_SIZE, 4 * eval_size)  # evaluation: 4 full batches
+        root = data.write_synthetic_mnist(Path(tmp), TRAIN_SIZE, 4 * eval_size)  # evaluation: 4 full batches
         try:
             for cell in cells:
                 bar.set_description(cell.name)

@@ -84,20 +84,6 @@ def int_list(text: str) -> list[int]:
 # ---------------------------------------------------------------- data and configuration
 
 
-def write_synthetic_mnist(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
-    """MNIST's files (torchvision's layout under ``root``) holding random 28x28 uint8 digits and labels."""
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        header = b"".join(v.to_bytes(4, "big") for v in (data.IMAGE_MAGIC, n, 28, 28))
-        images = rng.integers(0, 256, n * 784, np.uint8).tobytes()
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + images)
-        header = data.LABEL_MAGIC.to_bytes(4, "big") + n.to_bytes(4, "big")
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(header + rng.integers(0, 10, n, np.uint8).tobytes())
-    return root
-
-
 def run_config(norm_name: str, batch_size: int, data_root: Path, device: str, *extra: str) -> DictConfig:
     """The configuration ``python -m normexp.train`` would run with these overrides."""
     overrides = [f"norm={norm_name}", f"batch_size={batch_size}", f"data.root={data_root}",
@@ -562,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         data_root = args.data_root
         if data_root is None:
             n_train, n_test = int_list(args.synthetic_size)
-            data_root = write_synthetic_mnist(Path(tmp), n_train, n_test)
+            data_root = data.write_synthetic_mnist(Path(tmp), n_train, n_test)
         if args.packed:
             return bench_packed(norms, sizes, args, data_root)
         return bench_against_reference(norms, sizes, args, data_root)

@@ -48,6 +48,15 @@ def test_load_keeps_pixels_and_gives_batches_centred_by_the_training_mean(tmp_pa
     assert torch.equal(x, train_images[idx]) and torch.equal(y, train.labels[idx])
 
 
+def test_synthetic_mnist_is_read_as_mnist_and_repeats_with_its_seed(tmp_path):
+    roots = [data.write_synthetic_mnist(tmp_path / name, 30, 20, seed) for name, seed in
+             (("a", 0), ("b", 0), ("c", 1))]
+    (train, test), (again, _), (other, _) = (data.load(data_cfg(r), CPU) for r in roots)
+    assert train.pixels.shape == (30, 1, 28, 28) and test.pixels.shape == (20, 1, 28, 28)
+    assert set(train.labels.tolist()) <= set(range(10)) and train.pixels.dtype == torch.uint8
+    assert torch.equal(train.pixels, again.pixels) and not torch.equal(train.pixels, other.pixels)
+
+
 def test_batches_come_in_the_asked_layout_with_the_same_values(tmp_path):
     train, _ = data.load(data_cfg(write_mnist(tmp_path / "data", n_train=20, n_test=10)), CPU)
     idx = torch.arange(4)
