@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -70,3 +72,22 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), hydra: bool = Fa
     ``hydra`` node where asked)."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def start_cli(*args: str, merge_output: bool = False) -> subprocess.Popen:
+    """``python -m normexp.train ARGS`` started in the background from the project's root, without the
+    NORMEXP_DATA_ROOT of CI's environment; its stderr into its stdout where ``merge_output``."""
+    env = {k: v for k, v in os.environ.items() if k != "NORMEXP_DATA_ROOT"}
+    stderr = subprocess.STDOUT if merge_output else subprocess.PIPE
+    return subprocess.Popen([sys.executable, "-m", "normexp.train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
+def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    """Polls ``condition`` until it holds; fails, with the process's output, if ``process`` ends first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the process ended before {what}:\n{(process.stderr or process.stdout).read()}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)

@@ -11,12 +11,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, run_cli, run_cli_many, write_mnist
+from helpers import ROOT, run_cli, run_cli_many, start_cli, wait_for, write_mnist
 
 from normexp import runfiles, runguard
 
@@ -178,21 +177,6 @@ def test_corrupt_run_files_are_one_line_each_and_resume_false_keeps_them_aside(c
     assert f"train.resume=false: moved the previous results of {redo} aside into {aside.name}/" in (
         redo / "train.log").read_text()
     print("\n".join(lines.values()))
-
-
-def start_cli(*cli_args: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "NORMEXP_DATA_ROOT"}
-    return subprocess.Popen([sys.executable, "-m", "normexp.train", *cli_args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None:
-            pytest.fail(f"the run ended before {what}:\n{process.stderr.read()}")
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def running(run_dir: Path) -> bool:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run_cli, write_mnist
+from helpers import ROOT, run_cli, wait_for, write_mnist
 
 from normexp import runfiles
 
@@ -58,15 +58,6 @@ def describe(pid: int) -> str:
         return "?"
 
 
-def wait_until(condition, process: subprocess.Popen, what: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None:
-            pytest.fail(f"the sweep ended before {what}: {process.stderr.read()}")
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return write_mnist(tmp_path_factory.mktemp("signals") / "data", n_train=2000, n_test=50)
@@ -85,7 +76,8 @@ def test_joblib_sweep_stops_cleanly_and_resumes(data, tmp_path, signum, group):
                f"data.root={data}", *JOBS]
     main = start(*command)
     running = [sweep / f"batch_size=2,norm={n}" for n in ("gn", "bn")]
-    wait_until(lambda: all(status(j) == "running" for j in running), main, "both workers' jobs started")
+    wait_for(lambda: all(status(j) == "running" for j in running), main, "both workers' jobs started",
+             timeout=180)
     workers = children(main.pid)
     os.killpg(main.pid, signum) if group else main.send_signal(signum)
     out, err = main.communicate(timeout=120)
@@ -116,8 +108,8 @@ def test_basic_sweep_stops_at_sigint_without_a_traceback(data, tmp_path):
     sweep = tmp_path / "sweep"
     main = start("-m", f"hydra.sweep.dir={sweep}", f"data.root={data}", *JOBS)
     first = sweep / "batch_size=2,norm=gn"
-    wait_until(lambda: (first / runfiles.CHECKPOINT).exists() or status(first) == "running", main,
-               "the first job started")
+    wait_for(lambda: (first / runfiles.CHECKPOINT).exists() or status(first) == "running", main,
+               "the first job started", timeout=180)
     time.sleep(1)
     main.send_signal(signal.SIGINT)
     out, err = main.communicate(timeout=120)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import ROOT, run_cli, run_cli_many, write_mnist
+from helpers import ROOT, run_cli, run_cli_many, start_cli, wait_for, write_mnist
 
 from normexp import runfiles
 
@@ -35,22 +35,6 @@ def summary(run_dir: Path) -> dict:
 def assert_same_metrics(a: Path, b: Path) -> None:
     pd.testing.assert_frame_equal(metrics(a).drop(columns=TIMING), metrics(b).drop(columns=TIMING),
                                   check_exact=True)
-
-
-def start_cli(*args: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "NORMEXP_DATA_ROOT"}
-    return subprocess.Popen([sys.executable, "-m", "normexp.train", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 120) -> None:
-    """Polls ``condition`` until it holds; fails if ``process`` ends first."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None:
-            pytest.fail(f"the run ended before {what}:\n{process.stdout.read()}")
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def finished_epochs(run_dir: Path) -> int:
@@ -130,7 +114,7 @@ def resumable(tmp_path_factory):
     background at once, to overlap the interrupted runs."""
     base = tmp_path_factory.mktemp("resumable")
     data, run_dir = write_mnist(base / "data", n_train=600, n_test=100), base / "uninterrupted"
-    process = start_cli(f"hydra.run.dir={run_dir}", f"data.root={data}", *RESUMABLE)
+    process = start_cli(f"hydra.run.dir={run_dir}", f"data.root={data}", *RESUMABLE, merge_output=True)
 
     def uninterrupted() -> Path:
         assert process.wait(timeout=300) == 0, process.stdout.read()
@@ -145,7 +129,7 @@ def resumable(tmp_path_factory):
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_metrics(resumable, tmp_path):
     data, uninterrupted = resumable
     args = [f"hydra.run.dir={tmp_path / 'run'}", f"data.root={data}", *RESUMABLE]
-    victim = start_cli(*args)
+    victim = start_cli(*args, merge_output=True)
     wait_for(lambda: finished_epochs(tmp_path / "run") >= 1, victim, "the first epoch finished")
     time.sleep(0.05)  # into the next epoch (150 steps: even a fast machine is still in it)
     victim.kill()
@@ -163,7 +147,7 @@ def test_sigterm_finishes_the_step_saves_and_resumes_to_the_uninterrupted_metric
     data, uninterrupted = resumable
     run_dir = tmp_path / "run"
     args = [f"hydra.run.dir={run_dir}", f"data.root={data}", *RESUMABLE]
-    victim = start_cli(*args)
+    victim = start_cli(*args, merge_output=True)
     wait_for(lambda: finished_epochs(run_dir) >= 1, victim, "the first epoch finished")
     time.sleep(0.05)
     victim.send_signal(signal.SIGTERM)
@@ -190,7 +174,7 @@ def test_sweep_killed_and_run_again_runs_nothing_twice_and_finishes(tmp_path):
     args = ["-m", f"hydra.sweep.dir={sweep}", f"data.root={data}", "norm=gn,bn,none", "batch_size=10",
             "train.epochs=3", *QUIET]
     first, second, third = (sweep / f"batch_size=10,norm={n}" for n in ("gn", "bn", "none"))
-    process = start_cli(*args)
+    process = start_cli(*args, merge_output=True)
     # kill the sweep once its second job has checkpointed its first epoch: the first job is done, the second
     # half way, the third not started
     wait_for(lambda: (second / runfiles.CHECKPOINT).exists(), process, "the second job's first epoch")
