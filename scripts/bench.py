@@ -39,6 +39,7 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from dataclasses import asdict  # noqa: E402
 from functools import partial  # noqa: E402
@@ -554,20 +555,32 @@ def main(argv: list[str] | None = None) -> int:
         return bench_against_reference(norms, sizes, args, data_root)
 
 
+def measure_rows(title: str, measure: Callable[..., dict], line: Callable[[dict], str],
+                 norms: list[str], sizes: list[int], args: argparse.Namespace,
+                 data_root: Path) -> tuple[dict, list[dict]]:
+    """``measure(norm, batch_size, args, data_root)`` for every norm and batch size, a line printed for each
+    as it comes; the machine as at the start, and the rows."""
+    start = machine()
+    print(f"{title} on {args.device}, {perf.available_cores()} cores; {args.repeats} interleaved blocks each",
+          flush=True)
+    print(machine_line(start), flush=True)
+    rows = []
+    for name in norms:
+        for batch_size in sizes:
+            rows.append(measure(name, batch_size, args, data_root))
+            print(f"  {name:4s} bs {batch_size:3d}: {line(rows[-1])}", flush=True)
+    return start, rows
+
+
 def bench_against_reference(norms: list[str], sizes: list[int], args: argparse.Namespace,
                             data_root: Path) -> int:
     """normexp's loop against pytorch/examples' per norm and batch size, then probes of real runs for the
     box's throughput and the sweep estimate; the table printed, the JSON written."""
-    rows, start = [], machine()
-    print(f"normexp vs the pytorch/examples loop on {args.device}, {perf.available_cores()} cores; "
-          f"{args.repeats} interleaved blocks each", flush=True)
-    print(machine_line(start), flush=True)
-    for name in norms:
-        for batch_size in sizes:
-            rows.append(compare(name, batch_size, args, data_root))
-            r = rows[-1]
-            print(f"  {name:4s} bs {batch_size:3d}: normexp {r['normexp_samples_per_s']:8.0f}/s  "
-                  f"reference {r['reference_samples_per_s']:8.0f}/s  {r['ratio']:.2f}x", flush=True)
+    start, rows = measure_rows(
+        "normexp vs the pytorch/examples loop", compare,
+        lambda r: (f"normexp {r['normexp_samples_per_s']:8.0f}/s  "
+                   f"reference {r['reference_samples_per_s']:8.0f}/s  {r['ratio']:.2f}x"),
+        norms, sizes, args, data_root)
     runs = sweep_runs(data_root, args.device)
     wanted = {(n, b) for n in norms for b in sizes}
     print(f"probing {len(wanted)} real set-ups, {args.jobs} at a time ...", flush=True)
@@ -589,17 +602,11 @@ def bench_against_reference(norms: list[str], sizes: list[int], args: argparse.N
 
 
 def bench_packed(norms: list[str], sizes: list[int], args: argparse.Namespace, data_root: Path) -> int:
-    start = machine()
-    print(f"3 seeds packed vs one after another vs 1 seed on {args.device}; {args.repeats} interleaved "
-          "blocks each", flush=True)
-    print(machine_line(start), flush=True)
-    rows = []
-    for name in norms:
-        for batch_size in sizes:
-            rows.append(compare_packed(name, batch_size, args, data_root))
-            r = rows[-1]
-            print(f"  {name:4s} bs {batch_size:3d}: 1 seed {r['one_ms_per_step']:7.3f} ms, packed "
-                  f"{r['packed_price']:.2f}x, one after another {r['sequential_price']:.2f}x", flush=True)
+    start, rows = measure_rows(
+        "3 seeds packed vs one after another vs 1 seed", compare_packed,
+        lambda r: (f"1 seed {r['one_ms_per_step']:7.3f} ms, packed {r['packed_price']:.2f}x, "
+                   f"one after another {r['sequential_price']:.2f}x"),
+        norms, sizes, args, data_root)
     estimate = packed_sweep_estimate(rows, sweep_runs(data_root, args.device))
     end = machine()
     print()
