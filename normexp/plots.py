@@ -267,9 +267,9 @@ def summary_figure(df: pd.DataFrame) -> Figure:
         diverged_points += [(int(bs), variant) for bs in all_diverged["batch_size"]]
         handles.append(Line2D([], [], color=style.color, marker=style.marker, linestyle=style.linestyle,
                               label=legend_label(variant, style) + _not_completed_note(rows)))
-        theirs = rows.dropna(subset=["writeup_error"])
+        theirs = rows.dropna(subset=["writeup_error"])  # a circle whatever the norm's marker: + has no inside
         ax.plot(theirs["batch_size"].to_numpy(dtype=float), theirs["writeup_error"].to_numpy(dtype=float),
-                color=style.color, marker=style.marker, markersize=11, fillstyle="none", linestyle="none")
+                color=style.color, marker="o", markersize=11, fillstyle="none", linestyle="none")
     if len(table) and table["writeup_error"].notna().any():
         handles.append(Line2D([], [], color="grey", marker="o", markersize=11, fillstyle="none",
                               linestyle="none", label="hollow: the writeup's final error (read off)"))

@@ -55,4 +55,5 @@ def test_the_summary_figure_marks_the_writeups_values_hollow(complete_mnist):
     fig = plots.summary_figure(results.load([complete_mnist]))
     hollow = [ln for ln in fig.axes[0].get_lines() if ln.get_fillstyle() == "none" and len(ln.get_xdata())]
     assert [(ln.get_xdata().tolist(), ln.get_ydata().tolist()) for ln in hollow] == [([256.0], [0.0097])]
+    assert [ln.get_marker() for ln in hollow] == ["o"]  # gn's own marker is a +, which cannot be hollow
     assert any(t.get_text().startswith("hollow: the writeup's") for t in fig.legends[0].get_texts())
