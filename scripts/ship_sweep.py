@@ -31,23 +31,39 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"normexp: error: {message}\n")
 
 
-def machine_paths(run_dir: Path) -> dict[str, str]:
-    """What to replace in a run's files: its data root (as given and as an absolute path) by the data
-    folder's name, a sweep folder given as an absolute path by its name, and the folder it ran from by ".";
-    longest first, so that no part is replaced twice."""
-    summary = runfiles.read_summary(run_dir) or {}
-    hydra = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text()) if (
-        run_dir / ".hydra" / "hydra.yaml").is_file() else {}
-    cwd = ((hydra or {}).get("hydra") or {}).get("runtime", {}).get("cwd") or str(Path.cwd())
-    root = str(((summary.get("config") or {}).get("data") or {}).get("root") or "")
+def machine_paths(hydra: dict, root: str) -> dict[str, str]:
+    """What to replace in files written under ``hydra`` (a run's or a sweep's ``hydra`` node) with the data
+    root ``root``: the root (as given and as an absolute path) by the data folder's name, a sweep folder
+    given as an absolute path by its name, and the folder it ran from by "."."""
+    cwd = (hydra.get("runtime") or {}).get("cwd") or str(Path.cwd())
     found = {cwd: "."}
-    sweep_dir = str((((hydra or {}).get("hydra") or {}).get("sweep") or {}).get("dir") or "")
+    sweep_dir = str((hydra.get("sweep") or {}).get("dir") or "")
     if Path(sweep_dir).is_absolute():
         found[sweep_dir] = Path(sweep_dir).name
     if root:
         name = Path(root).name or root
         found |= {root: name, str((Path(cwd) / root).resolve()): name}
-    return dict(sorted(found.items(), key=lambda item: -len(item[0])))
+    return found
+
+
+def run_paths(run_dir: Path) -> dict[str, str]:
+    """A run's machine paths, from its .hydra/hydra.yaml and the data root its summary records."""
+    summary = runfiles.read_summary(run_dir) or {}
+    file = run_dir / ".hydra" / "hydra.yaml"
+    hydra = ((yaml.safe_load(file.read_text()) or {}).get("hydra") or {}) if file.is_file() else {}
+    return machine_paths(hydra, str(((summary.get("config") or {}).get("data") or {}).get("root") or ""))
+
+
+def record_paths(record: Path) -> dict[str, str]:
+    """multirun.yaml's machine paths: those of the command it records, which need not be any run's (a run
+    that trained elsewhere, from another data folder, and was resumed or skipped here)."""
+    data = yaml.safe_load(record.read_text()) or {}
+    return machine_paths(data.get("hydra") or {}, str((data.get("data") or {}).get("root") or ""))
+
+
+def longest_first(paths: dict[str, str]) -> dict[str, str]:
+    """So that no part of a path is replaced twice."""
+    return dict(sorted(paths.items(), key=lambda item: -len(item[0])))
 
 
 def scrubbed(text: str, paths: dict[str, str]) -> str:
@@ -57,7 +73,7 @@ def scrubbed(text: str, paths: dict[str, str]) -> str:
 
 
 def ship_run(run_dir: Path, dest: Path) -> None:
-    paths = machine_paths(run_dir)
+    paths = longest_first(run_paths(run_dir))
     for name in RUN_FILES:
         source = run_dir / name
         if source.is_file():
@@ -67,7 +83,7 @@ def ship_run(run_dir: Path, dest: Path) -> None:
 
 def ship(sweep: Path, dest: Path) -> tuple[list[Path], list[str]]:
     """The runs of ``sweep`` copied into ``dest`` (their new folders), and a line for each run left out."""
-    shipped, left_out, paths = [], [], {str(Path.cwd()): "."}
+    shipped, left_out, paths = [], [], {str(Path.cwd()): "."}  # for multirun.yaml: every run's, and its own
     for run_dir in results.find_run_dirs(sweep):
         status = (runfiles.read_summary(run_dir) or {}).get("status", "not started")
         if status not in ENDED:
@@ -76,10 +92,11 @@ def ship(sweep: Path, dest: Path) -> tuple[list[Path], list[str]]:
         target = dest / run_dir.relative_to(sweep)
         ship_run(run_dir, target)
         shipped.append(target)
-        paths = machine_paths(run_dir)
+        paths |= run_paths(run_dir)
     record = sweep / "multirun.yaml"
     if record.is_file():
         dest.mkdir(parents=True, exist_ok=True)
+        paths = longest_first(paths | record_paths(record))
         runfiles.write_atomic(dest / "multirun.yaml", scrubbed(record.read_text(), paths).encode())
     return shipped, left_out
 
