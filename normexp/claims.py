@@ -8,7 +8,9 @@ Each criterion in one line:
   1 percentage point (highest minus lowest), or it ends above twice its best;
 - about equal: the normalizers' mean final errors lie within 0.5 percentage points of each other.
 A claim about several seeds holds where it holds for most of them (more than half). Only finished runs
-(completed or diverged) decide; a claim some of whose runs are missing or unfinished is "not decided".
+(completed or diverged) decide; a claim with a run still unfinished, or with no finished run of a norm it
+needs, is "not decided". Jobs a sweep planned but never started are not in the results: each claim's numbers
+give its n.
 """
 
 from __future__ import annotations
@@ -113,12 +115,15 @@ def claims_table(df: pd.DataFrame) -> pd.DataFrame:
     """A row per claim, per protocol in ``df``: whether its finished runs reproduce it (yes, no, or "not
     decided" where runs are missing) and the numbers it was decided on."""
     runs = final_errors(df).merge(df.drop_duplicates("run_dir")[["run_dir", "protocol"]], on="run_dir")
-    runs = runs[runs["status"].isin(FINISHED)]
     rows = []
     for claim in CLAIMS:
         row = {"claim": claim.text}
         for protocol, own in runs.groupby("protocol"):
-            holds, numbers = claim.decide(own[own["batch_size"].isin(claim.batch_sizes)])
+            at = own[own["batch_size"].isin(claim.batch_sizes)]
+            finished = at[at["status"].isin(FINISHED)]
+            holds, numbers = claim.decide(finished)
+            if unfinished := len(at) - len(finished):
+                holds, numbers = None, f"{numbers}; {unfinished} unfinished"
             row[protocol] = ({True: "yes", False: "no", None: "not decided"}[holds] + ": " + numbers)
         rows.append(row)
     return pd.DataFrame(rows)

@@ -32,6 +32,19 @@ def test_each_claim_is_decided_per_protocol(tmp_path):
     assert "brn bs 2: – % (n=1, 1 diverged)" in table.loc["bs 2 and 1: only GN converges", "text"]
 
 
+def test_a_claim_with_a_run_still_unfinished_is_not_decided(tmp_path):
+    s = tmp_path / "sweep"
+    make_run(s, "bn", 4, 0, (0.05, 0.02, 0.09, 0.03))
+    make_run(s, "brn", 4, 0, (0.05, 0.03, 0.03, 0.03))
+    make_run(s, "gn", 4, 0, (0.05, 0.03, 0.031, 0.03))
+    claim = "bs 4: BN unstable, BRN and GN stable"
+    decided = claims.claims_table(results.load([s])).set_index("claim").loc[claim]
+    make_run(s, "gn", 4, 1, (0.05,), status="unfinished")  # a second seed that could still turn the claim
+    waiting = claims.claims_table(results.load([s])).set_index("claim").loc[claim]
+    assert decided["text"].startswith("yes: ")
+    assert waiting["text"] == decided["text"].replace("yes: ", "not decided: ") + "; 1 unfinished"
+
+
 def test_criteria():
     run = pd.Series({"status": "completed", "final": 0.03, "best": 0.02, "swing": 0.005})
     assert claims.converges(run) and not claims.unstable(run) and not claims.diverges(run)
