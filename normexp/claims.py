@@ -113,7 +113,7 @@ CLAIMS = (
 
 def claims_table(df: pd.DataFrame) -> pd.DataFrame:
     """A row per claim, per protocol in ``df``: whether its finished runs reproduce it (yes, no, or "not
-    decided" where runs are missing) and the numbers it was decided on."""
+    decided" where runs are missing or unfinished) and the numbers it was decided on."""
     runs = final_errors(df).merge(df.drop_duplicates("run_dir")[["run_dir", "protocol"]], on="run_dir")
     rows = []
     for claim in CLAIMS:
