@@ -72,8 +72,9 @@ def scrubbed(text: str, paths: dict[str, str]) -> str:
     return text
 
 
-def ship_run(run_dir: Path, dest: Path) -> None:
-    paths = longest_first(run_paths(run_dir))
+def ship_run(run_dir: Path, dest: Path, paths: dict[str, str]) -> None:
+    """The run's files into ``dest``, ``paths`` (its machine paths) replaced."""
+    paths = longest_first(paths)
     for name in RUN_FILES:
         source = run_dir / name
         if source.is_file():
@@ -90,9 +91,10 @@ def ship(sweep: Path, dest: Path) -> tuple[list[Path], list[str]]:
             left_out.append(f"{run_dir}: {status}, not shipped")
             continue
         target = dest / run_dir.relative_to(sweep)
-        ship_run(run_dir, target)
+        own = run_paths(run_dir)
+        ship_run(run_dir, target, own)
         shipped.append(target)
-        paths |= run_paths(run_dir)
+        paths |= own
     record = sweep / "multirun.yaml"
     if record.is_file():
         dest.mkdir(parents=True, exist_ok=True)
