@@ -8,9 +8,8 @@ Each criterion in one line:
   1 percentage point (highest minus lowest), or it ends above twice its best;
 - about equal: the normalizers' mean final errors lie within 0.5 percentage points of each other.
 A claim about several seeds holds where it holds for most of them (more than half). Only finished runs
-(completed or diverged) decide; a claim with a run still unfinished, or with no finished run of a norm it
-needs, is "not decided". Jobs a sweep planned but never started are not in the results: each claim's numbers
-give its n.
+(completed or diverged) decide; a claim with a run still unfinished or not started yet (planned by its sweep,
+``results.not_started``), or with no finished run of a norm it needs, is "not decided".
 """
 
 from __future__ import annotations
@@ -56,6 +55,7 @@ def unstable(run: pd.Series) -> bool:
 @dataclass(frozen=True)
 class Claim:
     batch_sizes: tuple[int, ...]
+    norms: tuple[str, ...]  # the runs it is decided on (and waits for)
     text: str
     decide: Callable[[pd.DataFrame], tuple[bool | None, str]]  # runs at those sizes -> (holds, numbers)
 
@@ -104,29 +104,38 @@ def _only_gn_converges(runs: pd.DataFrame) -> tuple[bool | None, str]:
 
 
 CLAIMS = (
-    Claim((256,), "bs 256: all normalizers about equal", _all_equal),
-    Claim((16,), "bs 16: the baseline diverges", _baseline_diverges),
-    Claim((4,), "bs 4: BN unstable, BRN and GN stable", _bn_unstable_others_stable),
-    Claim((2, 1), "bs 2 and 1: only GN converges", _only_gn_converges),
+    Claim((256,), ("none", *NORMALIZERS), "bs 256: all normalizers about equal", _all_equal),
+    Claim((16,), ("none",), "bs 16: the baseline diverges", _baseline_diverges),
+    Claim((4,), NORMALIZERS, "bs 4: BN unstable, BRN and GN stable", _bn_unstable_others_stable),
+    Claim((2, 1), NORMALIZERS, "bs 2 and 1: only GN converges", _only_gn_converges),
 )
 
 
-def claims_table(df: pd.DataFrame) -> pd.DataFrame:
-    """A row per claim, per protocol in ``df``: whether its finished runs reproduce it (yes, no, or "not
-    decided" where runs are missing or unfinished) and the numbers it was decided on."""
+def claims_table(df: pd.DataFrame, not_started: pd.DataFrame | None = None) -> pd.DataFrame:
+    """A row per claim, per protocol in ``df`` (or ``not_started``, the runs its sweeps planned that have no
+    folder yet): whether its finished runs reproduce it (yes, no, or "not decided" where runs are missing,
+    unfinished or not started) and the numbers it was decided on."""
     runs = final_errors(df).merge(df.drop_duplicates("run_dir")[["run_dir", "protocol"]], on="run_dir")
+    waiting = pd.DataFrame(columns=["protocol", "norm", "batch_size"]) if not_started is None else not_started
     rows = []
     for claim in CLAIMS:
         row = {"claim": claim.text}
-        for protocol, own in runs.groupby("protocol"):
-            at = own[own["batch_size"].isin(claim.batch_sizes)]
+        for protocol in sorted({*runs["protocol"], *waiting["protocol"]}):
+            at = _runs_of(runs, protocol, claim)
             finished = at[at["status"].isin(FINISHED)]
             holds, numbers = claim.decide(finished)
-            if unfinished := len(at) - len(finished):
-                holds, numbers = None, f"{numbers}; {unfinished} unfinished"
+            unfinished, planned = len(at) - len(finished), len(_runs_of(waiting, protocol, claim))
+            for count, what in ((unfinished, "unfinished"), (planned, "not started")):
+                if count:
+                    holds, numbers = None, f"{numbers}; {count} {what}"
             row[protocol] = ({True: "yes", False: "no", None: "not decided"}[holds] + ": " + numbers)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _runs_of(runs: pd.DataFrame, protocol: str, claim: Claim) -> pd.DataFrame:
+    return runs[(runs["protocol"] == protocol) & runs["norm"].isin(claim.norms)
+                & runs["batch_size"].isin(claim.batch_sizes)]
 
 
 def claims_markdown(table: pd.DataFrame) -> str:

@@ -331,10 +331,10 @@ def batch_sizes(df: pd.DataFrame) -> list[int]:
 
 
 
-def write_report(df: pd.DataFrame, out_dir: Path, fmt: str = "png", writeup_limits: bool = False
-                 ) -> list[Path]:
+def write_report(df: pd.DataFrame, out_dir: Path, fmt: str = "png", writeup_limits: bool = False,
+                 not_started: pd.DataFrame | None = None) -> list[Path]:
     """bs-<N>.<fmt> per batch size, summary.<fmt>, summary.csv and summary.md in ``out_dir``, and claims.md
-    (the writeup's claims, per protocol); their paths."""
+    (the writeup's claims, per protocol, waiting for the runs ``not_started``); their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for bs in batch_sizes(df):
@@ -343,7 +343,7 @@ def write_report(df: pd.DataFrame, out_dir: Path, fmt: str = "png", writeup_limi
     table = results.summary_table(df)
     table.to_csv(out_dir / "summary.csv", index=False)
     (out_dir / "summary.md").write_text(results.summary_markdown(table, NORM_ORDER))
-    (out_dir / "claims.md").write_text(claims.claims_markdown(claims.claims_table(df)))
+    (out_dir / "claims.md").write_text(claims.claims_markdown(claims.claims_table(df, not_started)))
     return [*written, out_dir / "summary.csv", out_dir / "summary.md", out_dir / "claims.md"]
 
 

@@ -42,6 +42,8 @@ NOT_VARIANT_KEYS = (
     "train.threads", "train.mkldnn", "train.progress", "train.eval_batch_size", *sweeps.PROTOCOLS["text"],
     "logger.name", "logger.flush_secs", "logger.hparams",
 )
+NOT_STARTED_COLUMNS = ["sweep_dir", "job", "norm", "batch_size", "seed", "protocol"]
+PLAN_ERRORS = (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException, HydraException)
 RUN_FILES = (runfiles.SUMMARY, runfiles.METRICS, ".hydra/config.yaml")
 METRICS_NEEDED = ("epoch", "train_loss", "train_error", "val_loss", "val_error")  # in every normexp version
 REPLACED = "replaced-"  # a run folder's previous results, moved aside by train.resume=false: never read
@@ -61,14 +63,46 @@ def is_run_dir(path: Path) -> bool:
     return any((path / name).is_file() for name in RUN_FILES)
 
 
-def planned_job_count(sweep_dir: Path) -> int | None:
-    """How many jobs Hydra's basic sweeper launches for the sweep recorded in ``sweep_dir/multirun.yaml``;
-    None when there is no such record or another sweeper ran it."""
+def find_sweep_dirs(path: Path) -> list[Path]:
+    """``path`` and every folder below it that records a sweep (``multirun.yaml``); run folders, and hidden
+    ones, are not entered."""
+    if is_run_dir(path):
+        return []
+    found = [path] if (path / "multirun.yaml").is_file() else []
+    for child in _subfolders(path):
+        found += find_sweep_dirs(child)
+    return found
+
+
+def planned_jobs(sweep_dir: Path) -> list[sweeps.PlannedJob] | None:
+    """The jobs the sweep recorded in ``sweep_dir/multirun.yaml`` plans; None when there is no such record
+    or another sweeper ran it."""
     path = sweep_dir / "multirun.yaml"
-    if not path.is_file():
-        return None
-    jobs = sweeps.sweep_jobs(OmegaConf.load(path))
-    return None if jobs is None else len(jobs)
+    return sweeps.planned_jobs(OmegaConf.load(path)) if path.is_file() else None
+
+
+def not_started(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """The runs that the sweeps in ``paths`` (and below them) planned and that have no run folder yet, one
+    row per seed: ``NOT_STARTED_COLUMNS``. A sweep whose plan cannot be read adds none (``load`` says so)."""
+    rows = []
+    for path in map(Path, paths):
+        for sweep_dir in find_sweep_dirs(path) if path.is_dir() else []:
+            try:
+                plan = planned_jobs(sweep_dir) or []
+            except PLAN_ERRORS:
+                continue
+            rows += [{"sweep_dir": str(sweep_dir), "job": job.name, "norm": job.norm,
+                      "batch_size": job.batch_size, "seed": seed, "protocol": job.protocol}
+                     for job in plan for seed, folder in _seed_folders(job)
+                     if not is_run_dir(sweep_dir / folder)]
+    return pd.DataFrame(rows, columns=NOT_STARTED_COLUMNS)
+
+
+def _seed_folders(job: sweeps.PlannedJob) -> list[tuple[Any, str]]:
+    """Each seed of a planned job with its run folder's path in the sweep folder."""
+    if not job.packed:
+        return [(job.seeds[0], job.name)]
+    return [(seed, f"{job.name}/{runfiles.SEED_FOLDER.format(seed)}") for seed in job.seeds]
 
 
 def load(paths: Iterable[str | Path], skipped: list[str] | None = None) -> pd.DataFrame:
@@ -83,11 +117,9 @@ def load(paths: Iterable[str | Path], skipped: list[str] | None = None) -> pd.Da
     for path in map(Path, paths):
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: no such folder")
-        run_dirs = find_run_dirs(path)
-        if not is_run_dir(path):
-            for sweep_dir in [path, *_subfolders(path)]:
-                _note_jobs_not_started(sweep_dir, run_dirs, skipped)
-        for run_dir in run_dirs:
+        for sweep_dir in find_sweep_dirs(path):
+            _note_jobs_not_started(sweep_dir, skipped)
+        for run_dir in find_run_dirs(path):
             if run_dir.resolve() in runs:
                 continue  # the same run reached through two of ``paths``
             try:
@@ -136,19 +168,17 @@ def _drop_duplicates(runs: dict[Path, dict[str, Any]], skipped: list[str]) -> di
     return {p: run for p, run in runs.items() if p in kept}
 
 
-def _note_jobs_not_started(sweep_dir: Path, run_dirs: list[Path], skipped: list[str]) -> None:
+def _note_jobs_not_started(sweep_dir: Path, skipped: list[str]) -> None:
     try:
-        planned = planned_job_count(sweep_dir)
-    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException, HydraException) as err:
+        plan = planned_jobs(sweep_dir)
+    except PLAN_ERRORS as err:
         skipped.append(f"{sweep_dir / 'multirun.yaml'}: unreadable ({type(err).__name__}: {err}); cannot "
-                       "tell how many jobs the sweep planned")
+                       "tell which jobs the sweep planned")
         return
-    # a job of train.seeds is one job folder holding a run folder per seed (seed=<s>/)
-    jobs = {d if d.parent == sweep_dir else d.parent for d in run_dirs
-            if d.parent == sweep_dir or (d.parent.parent == sweep_dir and runfiles.is_seed_folder(d))}
-    present = len(jobs)
-    if planned is not None and planned > present:
-        skipped.append(f"{sweep_dir}: {planned - present} of the {planned} jobs in multirun.yaml have no "
+    waiting = [job for job in plan or []
+               if not any(is_run_dir(sweep_dir / folder) for _, folder in _seed_folders(job))]
+    if waiting:
+        skipped.append(f"{sweep_dir}: {len(waiting)} of the {len(plan)} jobs in multirun.yaml have no "
                        "folder yet (not started)")
 
 

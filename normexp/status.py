@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -127,63 +126,20 @@ class Sweep:
 
 # --- the sweep's plan: multirun.yaml ---
 
-def parse(overrides: list[str]) -> dict[str, Any]:
-    """Each override's key (or group) and value, as Hydra parses them."""
-    return {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(overrides)}
-
-
-def job_dir_name(config: DictConfig, overrides: list[str], num: int) -> str:
-    """The folder Hydra gives the job ``num`` of the sweep with these overrides (``hydra.sweep.subdir``)."""
-    from hydra._internal.config_loader_impl import get_overrides_dirname
-
-    od = config.hydra.job.config.override_dirname
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    name = get_overrides_dirname(parsed, list(od.exclude_keys), od.item_sep, od.kv_sep)
-    subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
-    if subdir in (None, "${hydra.job.override_dirname}"):
-        return name
-    try:  # another subdir pattern, such as Hydra's default ${hydra.job.num}
-        job = OmegaConf.merge(config, {"hydra": {"job": {"override_dirname": name, "num": num}}})
-        return str(OmegaConf.select(job, "hydra.sweep.subdir", throw_on_resolution_failure=True))
-    except OmegaConfBaseException:
-        return name
-
-
-def planned_epochs(epochs: Any, caps: Any, batch_size: Any) -> int | None:
-    """``train.epochs`` capped by ``train.max_epochs_by_batch_size``, as the trainer plans them."""
-    if not isinstance(epochs, int):
-        return None
-    caps = OmegaConf.to_container(caps) if OmegaConf.is_config(caps) else caps
-    cap = caps.get(batch_size) if isinstance(caps, dict) else None
-    return epochs if cap is None else min(epochs, cap)
-
-
 def planned_jobs(config: DictConfig) -> list[Job] | None:
-    """Every job of the sweep in ``config`` (a multirun.yaml) in launch order; None for a sweeper whose jobs
-    cannot be listed up front."""
-    jobs = sweeps.sweep_jobs(config)
-    if jobs is None:
+    """Every job of the sweep in ``config`` (a multirun.yaml) in launch order, a Job per seed of a job of
+    train.seeds; None for a sweeper whose jobs cannot be listed up front."""
+    plan = sweeps.planned_jobs(config)
+    if plan is None:
         return None
-    values = [parse(job) for job in jobs]
-    keys = {k for v in values for k in v}
-    varying = sorted(k for k in keys - {"norm", "batch_size", "train.seed"}
-                     if len({json.dumps(v.get(k), default=str) for v in values}) > 1)
-    planned = []
-    for num, (job, v) in enumerate(zip(jobs, values, strict=True)):
-        def get(key: str, v=v) -> Any:
-            return v[key] if key in v else OmegaConf.select(config, key, default=None)
-
-        norm, bs = v.get("norm", get("norm.name")), get("batch_size")
-        variant = " ".join([str(norm), *(f"{k.removeprefix('norm.')}={v[k]}" for k in varying if k in v)])
-        epochs = planned_epochs(get("train.epochs"), get("train.max_epochs_by_batch_size"), bs)
-        name, seeds = job_dir_name(config, job, num), get("train.seeds")
-        if seeds is None:
-            planned.append(Job(name, str(norm), variant, bs, get("train.seed"), epochs=epochs))
+    jobs = []
+    for p in plan:
+        if not p.packed:
+            jobs.append(Job(p.name, p.norm, p.variant, p.batch_size, p.seeds[0], epochs=p.epochs))
         else:
-            folders = [f"{name}/{runfiles.SEED_FOLDER.format(s)}" for s in seeds]
-            planned += [Job(folder, str(norm), variant, bs, s, epochs=epochs, pack=name)
-                        for folder, s in zip(folders, seeds, strict=True)]
-    return planned
+            jobs += [Job(f"{p.name}/{runfiles.SEED_FOLDER.format(s)}", p.norm, p.variant, p.batch_size, s,
+                         epochs=p.epochs, pack=p.name) for s in p.seeds]
+    return jobs
 
 
 # --- one job's folder ---

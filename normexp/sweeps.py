@@ -1,10 +1,16 @@
 """The sweeps (owns ``conf/experiment``: each preset is a Hydra multirun of the basic sweeper): the jobs of a
-sweep, listed exactly as Hydra's basic sweeper will launch them, without importing torch."""
+sweep, listed exactly as Hydra's basic sweeper will launch them, and what each will train (its folder, norm,
+batch size, seeds, epochs and protocol), without importing torch."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from typing import Any
+
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 PACK_JOB_FILES = ".pack"  # a job of train.seeds keeps Hydra's files here: its seeds' folders hold .hydra/
 
@@ -59,3 +65,78 @@ def protocol_name(settings: dict[str, str | None]) -> str:
         if all(settings[k] in (v, None) for k, v in protocol.items()):
             return name
     return " ".join(f"{k.split('.')[-1]}={v}" for k, v in settings.items() if v is not None)
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """One job of a sweep as its multirun.yaml plans it."""
+
+    name: str  # its folder's name (hydra.sweep.subdir)
+    norm: str
+    variant: str  # the norm, with the other settings the sweep varies (e.g. "gn groups=5")
+    batch_size: Any
+    seeds: tuple  # train.seeds (a folder per seed inside the job's), else (train.seed,)
+    packed: bool  # a job of train.seeds
+    epochs: int | None  # planned
+    protocol: str  # protocol_name of its settings
+
+
+def parse(overrides: list[str]) -> dict[str, Any]:
+    """Each override's key (or group) and value, as Hydra parses them."""
+    return {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(overrides)}
+
+
+def job_dir_name(config: DictConfig, overrides: list[str], num: int) -> str:
+    """The folder Hydra gives the job ``num`` of the sweep with these overrides (``hydra.sweep.subdir``)."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+
+    od = OmegaConf.select(config, "hydra.job.config.override_dirname", default=None) or {}
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    name = get_overrides_dirname(parsed, list(od.get("exclude_keys", [])), od.get("item_sep", ","),
+                                 od.get("kv_sep", "="))  # Hydra's defaults where the record has none
+    sweep = OmegaConf.select(config, "hydra.sweep", default=None) or {}
+    subdir = OmegaConf.to_container(sweep, resolve=False).get("subdir") if sweep else None
+    if subdir in (None, "${hydra.job.override_dirname}"):
+        return name
+    try:  # another subdir pattern, such as Hydra's default ${hydra.job.num}
+        job = OmegaConf.merge(config, {"hydra": {"job": {"override_dirname": name, "num": num}}})
+        return str(OmegaConf.select(job, "hydra.sweep.subdir", throw_on_resolution_failure=True))
+    except OmegaConfBaseException:
+        return name
+
+
+def planned_epochs(epochs: Any, caps: Any, batch_size: Any) -> int | None:
+    """``train.epochs`` capped by ``train.max_epochs_by_batch_size``, as the trainer plans them."""
+    if not isinstance(epochs, int):
+        return None
+    caps = OmegaConf.to_container(caps) if OmegaConf.is_config(caps) else caps
+    cap = caps.get(batch_size) if isinstance(caps, dict) else None
+    return epochs if cap is None else min(epochs, cap)
+
+
+def planned_jobs(config: DictConfig) -> list[PlannedJob] | None:
+    """Every job of the sweep in ``config`` (a multirun.yaml) in launch order; None for a sweeper whose jobs
+    cannot be listed up front. A job's settings are its overrides, else the sweep's (so a norm's own
+    defaults that the sweep's config does not show are not seen)."""
+    jobs = sweep_jobs(config)
+    if jobs is None:
+        return None
+    values = [parse(job) for job in jobs]
+    keys = {k for v in values for k in v}
+    varying = sorted(k for k in keys - {"norm", "batch_size", "train.seed"}
+                     if len({json.dumps(v.get(k), default=str) for v in values}) > 1)
+    planned = []
+    for num, (job, v) in enumerate(zip(jobs, values, strict=True)):
+        def get(key: str, v=v) -> Any:
+            return v[key] if key in v else OmegaConf.select(config, key, default=None)
+
+        norm, bs, seeds = str(v.get("norm", get("norm.name"))), get("batch_size"), get("train.seeds")
+        variant = " ".join([norm, *(f"{k.removeprefix('norm.')}={v[k]}" for k in varying if k in v)])
+        settings = {"optim": {"scaling": get("optim.scaling"), "factors": get("optim.factors") or "none"},
+                    "norm": {"moments": get("norm.moments")}}
+        planned.append(PlannedJob(
+            job_dir_name(config, job, num), norm, variant, bs,
+            (get("train.seed"),) if seeds is None else tuple(seeds), seeds is not None,
+            planned_epochs(get("train.epochs"), get("train.max_epochs_by_batch_size"), bs),
+            protocol_name(protocol_settings(settings))))
+    return planned

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"sweep={' '.join(map(str, args.sweeps))}: no run folders found (a run folder holds "
                      "summary.json, metrics.csv or .hydra/config.yaml)")
     out = args.out or args.sweeps[0]
-    for path in plots.write_report(df, out, args.format, args.writeup_ylim):
+    for path in plots.write_report(df, out, args.format, args.writeup_ylim, results.not_started(args.sweeps)):
         print(path)
     return 0
 

@@ -45,6 +45,22 @@ def test_a_claim_with_a_run_still_unfinished_is_not_decided(tmp_path):
     assert waiting["text"] == decided["text"].replace("yes: ", "not decided: ") + "; 1 unfinished"
 
 
+def test_a_claim_waits_for_the_runs_its_sweep_planned_but_has_not_started(tmp_path):
+    s = tmp_path / "sweep"
+    for norm in ("bn", "brn", "gn"):
+        make_run(s, norm, 4, 0, (0.05, 0.02, 0.09, 0.03) if norm == "bn" else (0.05, 0.03, 0.03, 0.03))
+    claim = "bs 4: BN unstable, BRN and GN stable"
+    decided = claims.claims_table(results.load([s]), results.not_started([s])).set_index("claim").loc[claim]
+    # the sweep planned seeds 0 and 1, and the baseline, which this claim does not need; none of them started
+    (s / "multirun.yaml").write_text(
+        "hydra:\n  sweeper:\n    _target_: hydra._internal.core_plugins.basic_sweeper.BasicSweeper\n"
+        "    params:\n      norm: none,bn,brn,gn\n      batch_size: '4'\n      train.seed: 0,1\n"
+        "  overrides:\n    task: []\n")
+    waiting = claims.claims_table(results.load([s]), results.not_started([s])).set_index("claim").loc[claim]
+    assert decided["text"].startswith("yes: ")
+    assert waiting["text"] == decided["text"].replace("yes: ", "not decided: ") + "; 3 not started"
+
+
 def test_criteria():
     run = pd.Series({"status": "completed", "final": 0.03, "best": 0.02, "swing": 0.005})
     assert claims.converges(run) and not claims.unstable(run) and not claims.diverges(run)

@@ -74,11 +74,16 @@ def test_jobs_a_sweep_planned_but_has_not_started_are_reported(sweep):
         "hydra:\n  sweeper:\n    _target_: hydra._internal.core_plugins.basic_sweeper.BasicSweeper\n"
         "    params:\n      norm: none,bn,brn,gn\n      batch_size: 8,16\n      train.seed: 0\n"
         "  overrides:\n    task:\n    - batch_size=8\n    - train.seed=0,1\n    - train.epochs=2\n"
+        "  job:\n    config:\n      override_dirname:\n        exclude_keys: [train.epochs]\n"
     )
-    assert results.planned_job_count(sweep) == 4 * 1 * 2
+    assert len(results.planned_jobs(sweep)) == 4 * 1 * 2
     skipped = []
     results.load([sweep], skipped)
     assert skipped == [f"{sweep}: 4 of the 8 jobs in multirun.yaml have no folder yet (not started)"]
+    waiting = results.not_started([sweep.parent])  # found below a folder of sweeps too
+    assert sorted(zip(waiting["norm"], waiting["batch_size"], waiting["seed"], strict=True)) == [
+        ("bn", 8, 1), ("brn", 8, 1), ("none", 8, 0), ("none", 8, 1)]
+    assert set(waiting["protocol"]) == {"text"} and set(waiting["sweep_dir"]) == {str(sweep)}
 
 
 def test_a_job_of_train_seeds_is_one_job_whose_seeds_are_runs(tmp_path):
@@ -94,6 +99,9 @@ def test_a_job_of_train_seeds_is_one_job_whose_seeds_are_runs(tmp_path):
     df = results.load([sweep], skipped)
     assert sorted(results.runs(df)["seed"]) == [0, 1]
     assert skipped == [f"{sweep}: 1 of the 2 jobs in multirun.yaml have no folder yet (not started)"]
+    waiting = results.not_started([sweep])  # the bn job's two seeds
+    bn_job = "batch_size=4,norm=bn,train.seeds=[0,1]"
+    assert waiting[["job", "norm", "seed"]].values.tolist() == [[bn_job, "bn", 0], [bn_job, "bn", 1]]
 
 
 def test_several_folders_single_runs_and_duplicates(tmp_path, sweep):

@@ -30,7 +30,7 @@ def test_tiny_multirun_names_its_jobs_and_draws_them(tmp_path, tiny_mnist, launc
 
     skipped = []
     df = results.load([sweep], skipped)
-    assert skipped == [] and results.planned_job_count(sweep) == 4
+    assert skipped == [] and len(results.planned_jobs(sweep)) == 4
     assert len(df) == 4 and df["epoch"].tolist() == [1, 1, 1, 1]
     assert sorted(zip(df["norm"], df["batch_size"], strict=True)) == [("bn", 8), ("bn", 16), ("gn", 8),
                                                                        ("gn", 16)]
@@ -75,7 +75,7 @@ def test_a_command_line_seed_list_replaces_the_presets(tmp_path, tiny_mnist):
     assert job_folders(sweep) == [
         "batch_size=8,norm.groups=1,train.seed=0", "batch_size=8,norm.groups=1,train.seed=1",
     ]
-    assert results.planned_job_count(sweep) == 2
+    assert len(results.planned_jobs(sweep)) == 2
     df = results.load([sweep])
     assert sorted(df["seed"]) == [0, 1] and set(df["groups"]) == {"1"} and set(df["variant"]) == {"gn"}
     # different seeds, different runs
