@@ -116,11 +116,12 @@ def check(run_dir: Path, now: dict[str, Any], where: str = "hydra.run.dir") -> N
 
 
 def record(run_dir: Path, now: dict[str, Any]) -> None:
-    """Writes the marker (where it is not there already as it is)."""
+    """Writes the marker where there is none. One already there (``check`` found it the same experiment)
+    stays as the run's start wrote it: a later normexp that resumes the run, or finds it finished, does not
+    rewrite where the run came from."""
     path = run_dir / runfiles.MARKER
-    text = json.dumps(now, indent=2, allow_nan=True) + "\n"
-    if not path.is_file() or path.read_text() != text:
-        runfiles.write_run_file(path, text.encode())
+    if not path.is_file():
+        runfiles.write_run_file(path, (json.dumps(now, indent=2, allow_nan=True) + "\n").encode())
 
 
 def start_over(run_dir: Path, with_logs: bool) -> Path | None:

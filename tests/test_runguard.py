@@ -100,6 +100,9 @@ def test_more_epochs_and_the_same_data_elsewhere_continue_the_run(completed, tmp
     more, elsewhere, speed = tmp_path / "more", tmp_path / "elsewhere", tmp_path / "speed"
     for folder in (more, elsewhere, speed):
         shutil.copytree(run_dir, folder)
+    # a run an older normexp started
+    marker = json.loads((elsewhere / runfiles.MARKER).read_text()) | {"normexp": "0.0.1"}
+    (elsewhere / runfiles.MARKER).write_text(json.dumps(marker))
     results = run_cli_many([args(more, data, train__epochs="2"), args(elsewhere, same),
                             args(speed, data, train__fast="false", train__mkldnn="false")])
     assert [r.returncode for r in results] == [0, 0, 0], [r.stderr for r in results]
@@ -107,6 +110,7 @@ def test_more_epochs_and_the_same_data_elsewhere_continue_the_run(completed, tmp
     assert "resuming" in (more / "train.log").read_text()
     for folder in (elsewhere, speed):
         assert "already completed after 1 epochs, nothing to do" in (folder / "train.log").read_text()
+    assert json.loads((elsewhere / runfiles.MARKER).read_text()) == marker  # where the run came from, kept
 
 
 def test_folders_without_normexps_marker(completed, tmp_path):
