@@ -14,8 +14,10 @@ has none yet, but nothing in its folder was written for longer than ``--stall-af
 epochs: the process was killed, by SIGKILL, the OOM killer or a lost node, or hangs; run the sweep again to
 resume it), ``completed``, ``diverged``, ``interrupted`` (stopped by a signal, checkpoint saved), ``failed``
 (the last line of its train.log is an error: normexp.train logs one for any exception) or ``unreadable`` (a
-file that does not parse; the note names it). Only files written atomically are read, so a run writing
-while this reads is seen before or after the write, never half-way.
+file that does not parse; the note names it). An interrupted job after the last running one, under a launcher
+that starts jobs in order and fewer at once than there are, resumes when the sweep reaches it: its ETA counts
+it. Only files written atomically are read, so a run writing while this reads is seen before or after the
+write, never half-way.
 
 A job of ``train.seeds`` (seeds trained together, ``normexp.seeds``) is one job with a row per seed, read
 from its ``seed=<s>/`` folders: it holds one slot, its seeds trained in packs (each pack's epochs take the
@@ -89,6 +91,7 @@ class Job:
     overhead_s: float | None = None  # its time outside epochs (a completed run)
     eta_s: float | None = None  # until it ends
     planned: bool = True  # one of multirun.yaml's jobs
+    resumes: bool = False  # interrupted, and the running sweep has yet to reach it: it will resume
     pack: str | None = None  # the folder of the job of train.seeds that it is a seed of
     pack_size: int | None = None  # seeds trained together in that job, as its summary.json records
     note: str = ""
@@ -346,7 +349,7 @@ def mark_stalled(units: list[list[Job]], measured: list[Job], stall_after: float
 def time_left(job: Job, epoch: float, training: bool = True) -> float:
     """Until a running or pending run has trained all its epochs (its start-up not counted); ``training``:
     whether it is training now (not a seed waiting for its turn in its job)."""
-    if job.status == "pending" or not training:
+    if job.status != "running" or not training:
         return (job.epochs - (job.epochs_run or 0)) * epoch
     return max((job.epochs - (job.epochs_run or 0)) * epoch - job.in_epoch_s, 0.0)
 
@@ -379,11 +382,24 @@ def pack_size(unit: list[Job], jobs: list[Job]) -> int:
     return max(1, min(recorded[0] if recorded else len(unit), len(unit)))
 
 
+def mark_resuming(sweep: Sweep, units: list[list[Job]]) -> None:
+    """Interrupted runs after the last running job: a launcher that starts jobs in order, fewer at once than
+    there are, has not reached them yet, and will resume them from their checkpoints."""
+    running = [i for i, unit in enumerate(units) if any(j.status == "running" for j in unit)]
+    if not running or sweep.slots is None or sweep.slots >= len(units):
+        return
+    for job in (j for unit in units[running[-1] + 1:] for j in unit if j.status == "interrupted"):
+        job.resumes = True
+        job.note = f"resumes from epoch {(job.epochs_run or 0) + 1} when the sweep reaches it"
+
+
 def estimate(sweep: Sweep, stall_after: float) -> None:
-    """Marks stalled jobs, then each job's ETA and the sweep's (``schedule`` on the launcher's slots)."""
+    """Marks stalled jobs and the interrupted ones that will resume, then each job's ETA and the sweep's
+    (``schedule`` on the launcher's slots)."""
     measured = [j for j in sweep.jobs if j.epoch_s]
     units = sweep.units()
     mark_stalled(units, measured, stall_after)
+    mark_resuming(sweep, units)
     overheads = [j.overhead_s for j in sweep.jobs if j.overhead_s is not None]
     overhead = statistics.median(overheads) if overheads else 0.0
     running, pending = [], []
@@ -391,7 +407,7 @@ def estimate(sweep: Sweep, stall_after: float) -> None:
         sweep.eta_how = "no job is running or pending"
         return
     for unit in units:
-        waiting = [j for j in unit if j.status in ("running", "pending")]
+        waiting = [j for j in unit if j.status in ("running", "pending") or j.resumes]
         epochs = [j.epoch_s or epoch_estimate(measured, j.norm, j.batch_size) for j in waiting]
         if any(e is None for e in epochs) or any(j.epochs is None for j in waiting):
             sweep.eta_how = "no epoch of this sweep has ended yet: no ETA"
@@ -415,7 +431,7 @@ def estimate(sweep: Sweep, stall_after: float) -> None:
                                                strict=True):
         for job, own in zip(waiting, ends, strict=True):
             job.eta_s = end - duration_ + overhead + own
-    sweep.eta_s = max([j.eta_s for j in sweep.jobs if j.status in ("running", "pending")], default=0.0)
+    sweep.eta_s = max([j.eta_s for j in sweep.jobs if j.eta_s is not None], default=0.0)
     sweep.eta_how = _eta_how(sweep, measured, overheads, slots, len(running))
 
 
@@ -553,7 +569,7 @@ def _cells(job: Job, same_job: bool = False) -> list[str]:
     batch size it does not repeat."""
     done = "-" if job.epochs_run is None else str(job.epochs_run)
     epochs = f"{done}/{job.epochs if job.epochs is not None else '?'}"
-    waiting = job.status in ("running", "pending")
+    waiting = job.status in ("running", "pending") or job.resumes
     norm, bs = job.variant or job.norm or "?", "?" if job.batch_size is None else str(job.batch_size)
     return [
         "  \"" if same_job else norm, "" if same_job else bs,

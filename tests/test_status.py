@@ -128,6 +128,23 @@ def test_the_eta_of_each_job_and_of_the_sweep(sweep):
             assert job.eta_s is None
 
 
+def test_an_interrupted_job_the_running_sweep_has_yet_to_reach_will_resume(tmp_path):
+    s = make_sweep(tmp_path / "sweep", {"norm": "none,bn,gn", "batch_size": "8", "train.seed": "0"},
+                   ("train.epochs=3",), JOBLIB | {"n_jobs": 1})
+    runs = [make_run(s, "none", 8, val_errors=(0.4,), status="interrupted", epochs=3),  # passed: stays
+            make_run(s, "bn", 8, val_errors=(0.3,), status="unfinished", epochs=3),  # running
+            make_run(s, "gn", 8, val_errors=(0.4,), status="interrupted", epochs=3)]  # next: resumes
+    for run_dir in runs:
+        age(run_dir, 10.0)
+    result = status.read_sweep(s, now=NOW)
+    by = {j.norm: j for j in result.jobs}
+    assert [j.status for j in result.jobs] == ["interrupted", "running", "interrupted"]
+    assert by["gn"].resumes and by["gn"].note == "resumes from epoch 2 when the sweep reaches it"
+    assert not by["none"].resumes and by["none"].eta_s is None
+    # 1 s epochs: bn's current one began 10 s ago (0 s left), then gn's 2 epochs left
+    assert by["gn"].eta_s == pytest.approx(2.0) and result.eta_s == pytest.approx(2.0)
+
+
 def pack_sweep(path: Path, pack_size: int, ages: tuple[float, float, float]) -> Path:
     """A sweep of two jobs of train.seeds=[0,1,2] (gn and bn at batch size 4, 3 epochs, one at a time): gn's
     seeds running (seed 0 one epoch in, the others as ``pack_size`` has them), bn's pending."""
