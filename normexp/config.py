@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from normexp import data, logger, norm, optim, runguard, seeds, stopping, sweeps, trainer
+from normexp import data, logger, norm, optim, runfiles, runguard, seeds, stopping, sweeps, trainer
 from normexp.model import LeNet
 from normexp.runfiles import RunFolderError
 
@@ -212,6 +212,7 @@ def prepare_folder(run_dir: Path, cfg: DictConfig, where: str) -> None:
     are moved aside, .hydra/ and the log with them (``train.resume=false``); raises RunFolderError. For a
     job of ``train.seeds``, each seed's folder below it."""
     for folder, one in run_folders(run_dir, cfg):
+        runfiles.check_links(folder)
         now = runguard.marker(one)
         if one.train.resume:
             runguard.check(folder, now, where)

@@ -17,6 +17,8 @@ METRIC_COLUMNS = (
     "val_loss", "val_error", "seconds", "samples_per_s",
 )
 FINAL_STATUSES = ("completed", "diverged")
+LOCK = ".normexp.lock"  # holds "<pid> <host>" of the process that has the folder
+WRITTEN = (LOCK, MARKER, SUMMARY, METRICS, CHECKPOINT)  # what normexp itself writes in a run folder
 SEED_FOLDER = "seed={}"  # a seed's run folder in a job of train.seeds (normexp.seeds), e.g. seed=2
 
 
@@ -42,9 +44,41 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+class NotACheckpoint(ValueError):
+    """A checkpoint.pt that would build objects or call functions when unpickled: refused, never run."""
+
+
 class RunFolderError(Exception):
     """A run folder, or one of its files, that normexp cannot use as asked; the message is one line naming
     the folder or file, what is wrong and what to do, and the command exits with 2."""
+
+
+def inside(run_dir: Path, name: str) -> Path:
+    """``run_dir / name``, refused (RunFolderError) where it is a symbolic link that leads out of the folder:
+    normexp never reads or writes a file of a run or sweep folder through such a link, so that a folder
+    from elsewhere cannot make it read, overwrite or ship a file of this machine."""
+    path = run_dir / name
+    if path.is_symlink() and not path.resolve().is_relative_to(run_dir.resolve()):
+        raise RunFolderError(f"{path}: a symbolic link to {os.readlink(path)}, outside {run_dir}; normexp "
+                             "neither reads nor writes through it: replace it with the file itself, or use "
+                             "another folder")
+    return path
+
+
+def check_links(run_dir: Path) -> None:
+    """Every file normexp or Hydra reads or writes in ``run_dir`` that is a link out of it, refused before
+    anything is written there (Hydra's .hydra/ files and the log are opened through links otherwise)."""
+    names = [*WRITTEN, ".hydra", *(f".hydra/{p.name}" for p in _entries(run_dir / ".hydra")),
+             *(p.name for p in _entries(run_dir) if p.name.endswith(".log"))]
+    for name in names:
+        inside(run_dir, name)
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir()) if folder.is_dir() and not folder.is_symlink() else []
+    except OSError:
+        return []
 
 
 def write_run_file(path: Path, data: bytes) -> None:
@@ -71,7 +105,7 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / SUMMARY
+    path = inside(run_dir, SUMMARY)
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -95,7 +129,25 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint's tensors and plain values; a file holding anything else (a pickle that would build
+    objects or call functions) is refused by torch's weights-only unpickler before any of it runs."""
+    import pickle
+
     import torch
 
-    path = run_dir / CHECKPOINT
-    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+    path = inside(run_dir, CHECKPOINT)
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not str(err).startswith("Weights only load failed"):
+            raise
+        # torch's message: its advice (weights_only=False, which would run the file) around the reason
+        reason = [line.strip() for line in str(err).splitlines()[1:] if line.strip()
+                  and not line.startswith(("Please file", "Check the documentation", "Re-running"))]
+        found = reason[0] if reason else "not a weights-only file"
+        if "GLOBAL" in found:
+            raise NotACheckpoint(f"it holds more than tensors and plain values, which normexp never "
+                                 f"unpickles: {found}") from None
+        raise pickle.UnpicklingError(found.removeprefix("WeightsUnpickler error: ")) from None

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from normexp import data, fingerprint, perf, runfiles, sweeps
 from normexp.runfiles import RunFolderError
 
-LOCK = ".normexp.lock"  # holds "<pid> <host>" of the process that has the folder
+LOCK = runfiles.LOCK
 REPLACED, STAGING = "replaced-", ".replacing-"  # start_over's folder, and the same while it fills
 RESULT_FILES = (runfiles.MARKER, runfiles.SUMMARY, runfiles.METRICS, runfiles.CHECKPOINT)
 SUMMARY_STATUSES = ("running", "completed", "diverged", "interrupted")
@@ -60,6 +60,7 @@ def has_results(run_dir: Path) -> bool:
 
 def read_json(path: Path, what: str) -> dict[str, Any] | None:
     """The JSON object in ``path`` (None where there is no such file); anything else is one line."""
+    path = runfiles.inside(path.parent, path.name)
     if not path.exists():
         return None
     try:
@@ -84,6 +85,27 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
     return summary
 
 
+def read_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    """The folder's checkpoint, if any; one that cannot be read, or that is not normexp's, is one line."""
+    try:
+        checkpoint = runfiles.load_checkpoint(run_dir)
+    except runfiles.NotACheckpoint as err:
+        raise bad_checkpoint(run_dir, err, "not normexp's checkpoint") from err
+    except RunFolderError:
+        raise
+    except Exception as err:  # torch.load and pickle raise many kinds for a torn or foreign file
+        raise bad_checkpoint(run_dir, err, "unreadable") from err
+    if checkpoint is not None and not isinstance(checkpoint, dict):
+        raise bad_checkpoint(run_dir, TypeError(type(checkpoint).__name__), "not normexp's checkpoint")
+    return checkpoint
+
+
+def bad_checkpoint(run_dir: Path, err: Exception, what: str) -> RunFolderError:
+    reason = (str(err).strip().splitlines() or [""])[0][:200]
+    return RunFolderError(f"{run_dir / runfiles.CHECKPOINT}: {what} ({type(err).__name__}: {reason}); "
+                          f"{START_OVER}")
+
+
 def _recorded(run_dir: Path, now: dict[str, Any]) -> dict[str, Any]:
     """The folder's marker; for a folder from before markers existed, one made from its summary.json's config
     when that is normexp's (its data files then count as the same: they were never recorded)."""
@@ -104,15 +126,37 @@ def _recorded(run_dir: Path, now: dict[str, Any]) -> dict[str, Any]:
 def check(run_dir: Path, now: dict[str, Any], where: str = "hydra.run.dir") -> None:
     """Raises RunFolderError unless ``run_dir`` is new or holds the experiment ``now`` (a marker) describes:
     then it may be resumed, or found finished. ``where``: the setting that names another folder."""
+    runfiles.check_links(run_dir)
     if any(run_dir.glob(f"{STAGING}*")):
         raise RunFolderError(f"{run_dir}: a start over (train.resume=false) was cut short; run with "
                              "train.resume=false again to finish it")
     if not has_results(run_dir):
         return
+    checkpoint = read_checkpoint(run_dir)  # read here, so that a sweep finds a bad one before any job starts
+    try:
+        read_summary(run_dir)
+    except RunFolderError:
+        if checkpoint is None or read_json(run_dir / runfiles.MARKER, "normexp's marker") is None:
+            raise
+        _set_summary_aside(run_dir)
     differ = fingerprint.differences(_recorded(run_dir, now), now)
     if differ:
         raise RunFolderError(f"{run_dir}: holds another run ({'; '.join(differ)}); use another {where} for "
                              f"this one, or {START_OVER}")
+
+
+def _set_summary_aside(run_dir: Path) -> None:
+    """A summary.json that is not normexp's, beside a checkpoint that is: kept as summary.json.unreadable,
+    while the run resumes from its checkpoint and writes the summary anew."""
+    path = run_dir / runfiles.SUMMARY
+    aside = path.with_name(runfiles.SUMMARY + ".unreadable")
+    try:
+        path.replace(aside)
+    except OSError as err:
+        raise RunFolderError(f"{path}: unreadable, and cannot be moved aside ({err.strerror or err}); fix "
+                             "the permissions, then run again") from err
+    _note(run_dir, f"{path}: unreadable; kept as {aside.name}: the run resumes from its "
+                   f"{runfiles.CHECKPOINT}, which writes the summary anew")
 
 
 def record(run_dir: Path, now: dict[str, Any]) -> None:
@@ -139,8 +183,8 @@ def start_over(run_dir: Path, with_logs: bool) -> Path | None:
         for entry in sorted(run_dir.iterdir()):
             name = entry.name
             log_file = not with_logs and name.endswith(".log")  # Hydra's job log, open by now
-            if name in keep or log_file or name.startswith((REPLACED, STAGING)):
-                continue
+            if name in keep or log_file or not is_run_entry(name):
+                continue  # a user's own files in the folder stay where they are
             entry.rename(staging / name)
         target = run_dir / (REPLACED + staging.name[len(STAGING):])
         staging.rename(target)
@@ -149,6 +193,16 @@ def start_over(run_dir: Path, with_logs: bool) -> Path | None:
                              "nothing new was written") from err
     _note(run_dir, f"train.resume=false: moved the previous results of {run_dir} aside into {target.name}/")
     return target
+
+
+def is_run_entry(name: str) -> bool:
+    """Whether an entry of a run folder is one that a run writes: normexp's files (and their temporary
+    files), Hydra's .hydra/ and job log, TensorBoard's events."""
+    own = (*RESULT_FILES, ".hydra")
+    temporary = name.startswith(".") and name.endswith(".tmp") and name[1:].startswith(RESULT_FILES)
+    aside = name == runfiles.SUMMARY + ".unreadable"
+    logs = name.endswith(".log") or name.startswith("events.out.tfevents.")
+    return name in own or temporary or aside or logs
 
 
 def _note(run_dir: Path, line: str) -> None:
@@ -170,8 +224,12 @@ def acquire(run_dir: Path) -> None:
         return
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        # O_NOFOLLOW: a lock that is a symbolic link is refused, never opened (and truncated) through it
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     except OSError as err:
+        if (run_dir / LOCK).is_symlink():
+            raise RunFolderError(f"{run_dir / LOCK}: a symbolic link (to {os.readlink(run_dir / LOCK)}); "
+                                 "normexp never writes through it: remove it, then run again") from err
         raise RunFolderError(f"{run_dir}: cannot make its lock file {LOCK} ({err.strerror or err}); free "
                              "space or fix the permissions") from err
     try:

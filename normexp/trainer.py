@@ -226,7 +226,7 @@ class Trainer:
 
     def resume(self, splits: tuple[data.Split, data.Split] | None = None) -> RunState:
         """The run set up (``splits``: data already loaded) and started from its checkpoint, if any."""
-        checkpoint = self.read_checkpoint() if self.tc.resume else None
+        checkpoint = runguard.read_checkpoint(self.run_dir) if self.tc.resume else None
         self.build(kept=None if checkpoint is None else checkpoint.get("cpu_settings"), splits=splits)
         state = self.start(checkpoint)
         self._log_start()
@@ -235,21 +235,6 @@ class Trainer:
     def complete(self, state: RunState) -> Outcome:
         runfiles.write_metrics(self.run_dir, state.rows)  # again: a run killed between checkpoint and metrics
         return self.end("completed", state)
-
-    def read_checkpoint(self) -> dict[str, Any] | None:
-        """The run folder's checkpoint, if any; one that cannot be read is one line."""
-        try:
-            checkpoint = runfiles.load_checkpoint(self.run_dir)
-        except Exception as err:  # torch.load and pickle raise many kinds for a torn or foreign file
-            raise self._bad_checkpoint(err, "unreadable") from err
-        if checkpoint is not None and not isinstance(checkpoint, dict):
-            raise self._bad_checkpoint(TypeError(type(checkpoint).__name__), "not normexp's checkpoint")
-        return checkpoint
-
-    def _bad_checkpoint(self, err: Exception, what: str) -> runfiles.RunFolderError:
-        reason = (str(err).strip().splitlines() or [""])[0][:200]
-        return runfiles.RunFolderError(f"{self.run_dir / runfiles.CHECKPOINT}: {what} ({type(err).__name__}: "
-                                       f"{reason}); {runguard.START_OVER}")
 
     def build(self, kept: dict[str, Any] | None = None,
               splits: tuple[data.Split, data.Split] | None = None) -> Setup:
@@ -269,7 +254,7 @@ class Trainer:
             try:
                 state = RunState.from_checkpoint(checkpoint, s.model, s.optimizer, s.device)
             except Exception as err:  # a checkpoint of another model or tool: any of torch's errors
-                raise self._bad_checkpoint(err, "does not fit this run") from err
+                raise runguard.bad_checkpoint(self.run_dir, err, "does not fit this run") from err
             optim.match_state_layout(s.optimizer)  # the checkpoint may come from another memory layout
             log.info("resuming %s at epoch %d, batch %d", self.run_dir, state.epoch + 1, state.batch)
         state.cpu_settings = {"train": self.setup.cpu.as_dict(), "eval": self.setup.eval_cpu.as_dict()}

@@ -148,8 +148,9 @@ def test_folders_without_normexps_marker(completed, tmp_path):
 def test_corrupt_run_files_are_one_line_each_and_resume_false_keeps_them_aside(completed, tmp_path):
     data, _, _, run_dir = completed
     cases = {}
-    for name in ("garbage checkpoint", "half a checkpoint", "summary a list", "summary not json"):
-        folder = tmp_path / name.replace(" ", "_")
+    for name in ("garbage checkpoint", "half a checkpoint", "summary a list", "summary not json",
+                 "summary not json, no checkpoint"):
+        folder = tmp_path / name.replace(" ", "_").replace(",", "")
         shutil.copytree(run_dir, folder)
         (folder / runfiles.SUMMARY).write_text(json.dumps({**summary(run_dir), "status": "interrupted"}))
         cases[name] = folder
@@ -157,23 +158,30 @@ def test_corrupt_run_files_are_one_line_each_and_resume_false_keeps_them_aside(c
     whole = (run_dir / runfiles.CHECKPOINT).read_bytes()
     (cases["half a checkpoint"] / runfiles.CHECKPOINT).write_bytes(whole[: len(whole) // 2])
     (cases["summary a list"] / runfiles.SUMMARY).write_text("[1]")
-    (cases["summary not json"] / runfiles.SUMMARY).write_text('{"status": "comp')
+    for name in ("summary not json", "summary not json, no checkpoint"):
+        (cases[name] / runfiles.SUMMARY).write_text('{"status": "comp')
+    (cases["summary not json, no checkpoint"] / runfiles.CHECKPOINT).unlink()
     redo = tmp_path / "redo"
     shutil.copytree(cases["garbage checkpoint"], redo)
-    results = run_cli_many([args(folder, data) for folder in cases.values()]
-                           + [args(redo, data, train__resume="false")])
-    lines = dict(zip(cases, map(error_line, results[:4]), strict=True))
+    commands = [args(folder, data) for folder in cases.values()] + [args(redo, data, train__resume="false")]
+    results = dict(zip([*cases, "redo"], run_cli_many(commands), strict=True))
+    failed = ("garbage checkpoint", "half a checkpoint", "summary not json, no checkpoint")
+    lines = {name: error_line(results[name]) for name in failed}
     checkpoint = f"{cases['garbage checkpoint'] / runfiles.CHECKPOINT}: unreadable (UnpicklingError: "
     assert lines["garbage checkpoint"].startswith(checkpoint) and lines["garbage checkpoint"].endswith(
         runguard.START_OVER)
+    assert "weights_only" not in lines["garbage checkpoint"]  # not torch's advice to load it unsafely
     assert lines["half a checkpoint"].startswith(f"{cases['half a checkpoint'] / runfiles.CHECKPOINT}: "
                                                  "unreadable (")
-    assert lines["summary a list"] == (f"{cases['summary a list'] / runfiles.SUMMARY}: a JSON list, not "
-                                       f"normexp's summary; {runguard.START_OVER}, or use another folder")
-    assert lines["summary not json"].startswith(f"{cases['summary not json'] / runfiles.SUMMARY}: unreadable "
-                                                "(JSONDecodeError: ")
-    assert all(r.returncode == 2 for r in results[:4])
-    assert results[4].returncode == 0, results[4].stderr
+    no_checkpoint = cases["summary not json, no checkpoint"] / runfiles.SUMMARY
+    assert lines["summary not json, no checkpoint"].startswith(f"{no_checkpoint}: unreadable (JSONDecode")
+    assert all(results[name].returncode == 2 for name in failed)
+    for name in ("summary a list", "summary not json"):  # rebuilt from the checkpoint beside it
+        assert results[name].returncode == 0, results[name].stderr
+        assert summary(cases[name])["status"] == "completed"
+        assert (cases[name] / (runfiles.SUMMARY + ".unreadable")).read_text() in ("[1]", '{"status": "comp')
+        assert "unreadable; kept as summary.json.unreadable" in (cases[name] / "train.log").read_text()
+    assert results["redo"].returncode == 0, results["redo"].stderr
     [aside] = redo.glob("replaced-*")
     assert (aside / runfiles.CHECKPOINT).read_bytes() == b"not a checkpoint at all"
     assert (aside / ".hydra" / "config.yaml").is_file() and (aside / "train.log").is_file()
@@ -368,3 +376,85 @@ def test_signals_stop_the_process_that_holds_no_lock_any_longer(tmp_path):
     holder.wait()
     runguard.acquire(tmp_path / "run")
     runguard.release(tmp_path / "run")
+
+
+CRAFTED = '''
+import os, sys, torch
+class Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {sys.argv[2]}",))
+state = torch.load(sys.argv[1], weights_only=True)
+state["optimizer"]["state"] = Payload()  # deep inside, where a loader would reach it last
+torch.save(state, sys.argv[1])
+'''
+
+
+def craft(run_dir: Path, proof: Path) -> None:
+    """Turns the folder's checkpoint into one that runs ``touch proof`` when it is unpickled."""
+    command = [sys.executable, "-c", CRAFTED, str(run_dir / runfiles.CHECKPOINT), str(proof)]
+    subprocess.run(command, check=True)
+    (run_dir / runfiles.SUMMARY).write_text(json.dumps({**summary(run_dir), "status": "interrupted"}))
+
+
+def test_a_crafted_checkpoint_never_runs_in_a_run_a_sweep_or_a_seed(completed, tmp_path):
+    data, _, _, run_dir = completed
+    proof = tmp_path / "proof"
+    single = tmp_path / "single"
+    shutil.copytree(run_dir, single)
+    craft(single, proof)
+    sweep = tmp_path / "sweep"
+    sweep_args = ["-m", f"hydra.sweep.dir={sweep}", f"data.root={data}", *QUIET, "batch_size=40",
+                  "norm=gn,bn"]
+    assert run_cli(*sweep_args, "train.epochs=1").returncode == 0
+    first, second = sorted(p for p in sweep.iterdir() if p.is_dir())
+    craft(second, proof)
+    seeded = tmp_path / "seeded"
+    assert run_cli(*args(seeded, data, train__seeds="[0,1]")).returncode == 0
+    craft(seeded / "seed=1", proof)
+    results = [run_cli(*args(single, data)), run_cli(*sweep_args, "train.epochs=2"),
+               run_cli(*args(seeded, data, train__seeds="[0,1]"))]
+    lines = [error_line(r) for r in results]
+    assert [r.returncode for r in results] == [2, 2, 2]
+    for line, folder in zip(lines, (single, second, seeded / "seed=1"), strict=True):
+        assert line.startswith(f"{folder / runfiles.CHECKPOINT}: not normexp's checkpoint (NotACheckpoint: "
+                               "it holds more than tensors and plain values, which normexp never unpickles: ")
+        assert "GLOBAL posix.system" in line or "GLOBAL os.system" in line, line
+    assert not proof.exists()
+    assert summary(first)["epochs_run"] == 1  # the sweep stopped before its first job trained
+    print("\n".join(lines))
+
+
+def test_links_out_of_a_run_folder_are_never_followed(completed, tmp_path):
+    data, _, _, run_dir = completed
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    folders = {}
+    for name in (runguard.LOCK, runfiles.METRICS, runfiles.SUMMARY, "train.log"):
+        folder = folders[name] = tmp_path / name.strip(".").replace(".", "_")
+        shutil.copytree(run_dir, folder)
+        (folder / name).unlink(missing_ok=True)
+        (folder / name).symlink_to(target)
+    fresh = tmp_path / "fresh"  # a new folder whose lock is a link
+    fresh.mkdir()
+    (fresh / runguard.LOCK).symlink_to(target)
+    results = run_cli_many([args(f, data, train__epochs="2") for f in (*folders.values(), fresh)])
+    lines = [error_line(r) for r in results]
+    assert [r.returncode for r in results] == [2] * 5
+    for line, (name, folder) in zip(lines, [*folders.items(), (runguard.LOCK, fresh)], strict=True):
+        assert line.startswith(f"{folder / name}: a symbolic link"), line
+    assert target.read_text() == "keep me"
+    print("\n".join(lines))
+
+
+def test_resume_false_moves_only_the_runs_own_files(completed, tmp_path):
+    data, _, _, run_dir = completed
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    (folder / "notes.txt").write_text("mine")
+    (folder / "src").mkdir()
+    result = run_cli(*args(folder, data, train__resume="false"))
+    assert result.returncode == 0, result.stderr
+    [aside] = folder.glob("replaced-*")
+    assert (folder / "notes.txt").read_text() == "mine" and (folder / "src").is_dir()
+    assert sorted(p.name for p in aside.iterdir()) == sorted(
+        [".hydra", runfiles.CHECKPOINT, runfiles.MARKER, runfiles.METRICS, runfiles.SUMMARY, "train.log"])
