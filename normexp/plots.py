@@ -12,6 +12,7 @@ in which its training loss blew up, and its legend entry says so.
 
 from __future__ import annotations
 
+import io
 import re
 import zlib
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, MaxNLocator, NullLocator
 
-from normexp import claims, results
+from normexp import claims, results, runfiles
 
 
 @dataclass(frozen=True)
@@ -341,12 +342,17 @@ def write_report(df: pd.DataFrame, out_dir: Path, fmt: str = "png", writeup_limi
         written.append(_save(convergence_figure(df, bs, writeup_limits), out_dir / f"bs-{bs}.{fmt}"))
     written.append(_save(summary_figure(df), out_dir / f"summary.{fmt}"))
     table = results.summary_table(df)
-    table.to_csv(out_dir / "summary.csv", index=False)
-    (out_dir / "summary.md").write_text(results.summary_markdown(table, NORM_ORDER))
-    (out_dir / "claims.md").write_text(claims.claims_markdown(claims.claims_table(df, not_started)))
-    return [*written, out_dir / "summary.csv", out_dir / "summary.md", out_dir / "claims.md"]
+    texts = {"summary.csv": table.to_csv(index=False),
+             "summary.md": results.summary_markdown(table, NORM_ORDER),
+             "claims.md": claims.claims_markdown(claims.claims_table(df, not_started))}
+    for name, text in texts.items():
+        runfiles.write_atomic(out_dir / name, text.encode())
+    return [*written, *(out_dir / name for name in texts)]
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=120)
+    """The figure written whole or not at all, and never through a link of that name (which it replaces)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=120, format=path.suffix.lstrip("."))
+    runfiles.write_atomic(path, buffer.getvalue())
     return path

@@ -144,7 +144,7 @@ def load(paths: Iterable[str | Path], skipped: list[str] | None = None) -> pd.Da
 
 
 def _subfolders(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", REPLACED)))
+    return [p for p in runfiles.subfolders(path) if not p.name.startswith(REPLACED)]
 
 
 def _drop_duplicates(runs: dict[Path, dict[str, Any]], skipped: list[str]) -> dict[Path, dict[str, Any]]:
@@ -184,13 +184,13 @@ def _note_jobs_not_started(sweep_dir: Path, skipped: list[str]) -> None:
 
 def read_run(run_dir: Path) -> dict[str, Any]:
     """One run folder: its settings (one value each), its metrics rows and its configuration."""
-    summary = _read_object(run_dir / runfiles.SUMMARY)  # before the metrics: a finished run's are final
-    marker = _read_object(run_dir / runfiles.MARKER)
+    summary = runfiles.read_summary(run_dir)  # before the metrics: a finished run's are final
+    marker = _read_object(runfiles.inside(run_dir, runfiles.MARKER))
     if summary is not None and "config" in summary:
         cfg = OmegaConf.create(summary["config"])
     else:
-        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    metrics = _read_metrics(run_dir / runfiles.METRICS).reindex(columns=list(EPOCH_COLUMNS))
+        cfg = OmegaConf.load(runfiles.inside(run_dir, ".hydra/config.yaml"))
+    metrics = _read_metrics(runfiles.inside(run_dir, runfiles.METRICS)).reindex(columns=list(EPOCH_COLUMNS))
     if metrics.empty:
         metrics = pd.DataFrame({c: [math.nan] for c in EPOCH_COLUMNS})
     config = OmegaConf.to_container(cfg, resolve=False)

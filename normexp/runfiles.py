@@ -16,7 +16,13 @@ METRIC_COLUMNS = (
     "epoch", "step", "lr", "r_max", "d_max", "train_loss", "train_error",
     "val_loss", "val_error", "seconds", "samples_per_s",
 )
+STATUSES = ("running", "completed", "diverged", "interrupted")  # a run's status in summary.json
 FINAL_STATUSES = ("completed", "diverged")
+_INT, _NUMBER = ("an integer", int), ("a number", (int, float))
+SUMMARY_FIELDS = {  # the summary fields readers rely on: what each must hold where present (null: None)
+    "epochs_run": _INT, "epochs": _INT, "batch_size": _INT, "seed": _INT, "lr": _NUMBER,
+    "final_val_error": _NUMBER, "best_val_error": _NUMBER, "norm": ("a string", str),
+}
 LOCK = ".normexp.lock"  # holds "<pid> <host>" of the process that has the folder
 WRITTEN = (LOCK, MARKER, SUMMARY, METRICS, CHECKPOINT)  # what normexp itself writes in a run folder
 SEED_FOLDER = "seed={}"  # a seed's run folder in a job of train.seeds (normexp.seeds), e.g. seed=2
@@ -25,6 +31,8 @@ SEED_FOLDER = "seed={}"  # a seed's run folder in a job of train.seeds (normexp.
 def is_seed_folder(path: Path) -> bool:
     name, _, seed = path.name.partition("=")
     return name == "seed" and seed.isdigit()
+
+
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -53,15 +61,19 @@ class RunFolderError(Exception):
     the folder or file, what is wrong and what to do, and the command exits with 2."""
 
 
+class LinkOut(RunFolderError, OSError):
+    """A file of a run or sweep folder that is a symbolic link out of it: never followed. An OSError too, so
+    that the readers of results skip that run with one line."""
+
+
 def inside(run_dir: Path, name: str) -> Path:
     """``run_dir / name``, refused (RunFolderError) where it is a symbolic link that leads out of the folder:
     normexp never reads or writes a file of a run or sweep folder through such a link, so that a folder
     from elsewhere cannot make it read, overwrite or ship a file of this machine."""
     path = run_dir / name
     if path.is_symlink() and not path.resolve().is_relative_to(run_dir.resolve()):
-        raise RunFolderError(f"{path}: a symbolic link to {os.readlink(path)}, outside {run_dir}; normexp "
-                             "neither reads nor writes through it: replace it with the file itself, or use "
-                             "another folder")
+        raise LinkOut(f"{path}: a symbolic link to {os.readlink(path)}, outside {run_dir}; normexp neither "
+                      "reads nor writes through it: replace it with the file itself, or use another folder")
     return path
 
 
@@ -72,6 +84,12 @@ def check_links(run_dir: Path) -> None:
              *(p.name for p in _entries(run_dir) if p.name.endswith(".log"))]
     for name in names:
         inside(run_dir, name)
+
+
+def subfolders(path: Path) -> list[Path]:
+    """The folders in ``path`` that readers of runs enter: real ones (a link may lead anywhere, the sweep
+    itself included), not hidden."""
+    return [p for p in _entries(path) if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")]
 
 
 def _entries(folder: Path) -> list[Path]:
@@ -105,8 +123,27 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The folder's summary.json (None where there is none); one that is not normexp's is a ValueError
+    naming the first field that is not what readers rely on."""
     path = inside(run_dir, SUMMARY)
-    return json.loads(path.read_text()) if path.exists() else None
+    return check_summary(json.loads(path.read_text())) if path.exists() else None
+
+
+def check_summary(summary: Any) -> dict[str, Any]:
+    if not isinstance(summary, dict):
+        raise ValueError(f"a JSON {type(summary).__name__}, not normexp's summary")
+    if summary.get("status") not in STATUSES:
+        raise ValueError(f"status is {summary.get('status')!r}; allowed: {', '.join(STATUSES)}")
+    if "epochs_run" not in summary:
+        raise ValueError("no epochs_run")
+    for key, (allowed, kind) in SUMMARY_FIELDS.items():
+        value = summary.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise ValueError(f"{key} is {value!r}; allowed: {allowed}" + ("" if key == "epochs_run" else
+                                                                           " or null"))
+    if summary["epochs_run"] is None:
+        raise ValueError("epochs_run is None; allowed: an integer")
+    return summary
 
 
 def is_finished(run_dir: Path, epochs: int | None = None) -> bool:

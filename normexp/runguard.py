@@ -27,7 +27,6 @@ from normexp.runfiles import RunFolderError
 LOCK = runfiles.LOCK
 REPLACED, STAGING = "replaced-", ".replacing-"  # start_over's folder, and the same while it fills
 RESULT_FILES = (runfiles.MARKER, runfiles.SUMMARY, runfiles.METRICS, runfiles.CHECKPOINT)
-SUMMARY_STATUSES = ("running", "completed", "diverged", "interrupted")
 START_OVER = ("run with train.resume=false to move the folder's results aside into replaced-<time>/ and "
               "start over")
 
@@ -75,14 +74,13 @@ def read_json(path: Path, what: str) -> dict[str, Any] | None:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """The folder's summary.json, checked to be normexp's (a status and a count of epochs)."""
+    """The folder's summary.json, checked to be normexp's (``runfiles.check_summary``)."""
     summary = read_json(run_dir / runfiles.SUMMARY, "normexp's summary")
-    if summary is not None and (summary.get("status") not in SUMMARY_STATUSES
-                                or not isinstance(summary.get("epochs_run"), int)):
-        raise RunFolderError(f"{run_dir / runfiles.SUMMARY}: not normexp's summary (no status among "
-                             f"{', '.join(SUMMARY_STATUSES)} and epochs_run); {START_OVER}, or use another "
-                             "folder")
-    return summary
+    try:
+        return None if summary is None else runfiles.check_summary(summary)
+    except ValueError as err:
+        raise RunFolderError(f"{run_dir / runfiles.SUMMARY}: not normexp's summary ({err}); {START_OVER}, or "
+                             "use another folder") from err
 
 
 def read_checkpoint(run_dir: Path) -> dict[str, Any] | None:

@@ -164,7 +164,7 @@ def last_write(run_dir: Path) -> float:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float | None]]:
-    path = run_dir / runfiles.METRICS
+    path = runfiles.inside(run_dir, runfiles.METRICS)
     if not path.is_file():
         return []
     with open(path, newline="") as f:
@@ -174,19 +174,13 @@ def read_metrics(run_dir: Path) -> list[dict[str, float | None]]:
         return [{k: float(v) if v not in ("", None) else None for k, v in row.items()} for row in reader]
 
 
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    summary = runfiles.read_summary(run_dir)
-    if summary is not None and not isinstance(summary, dict):
-        raise ValueError(f"a {type(summary).__name__}, not an object")
-    return summary
-
-
 def log_error(run_dir: Path) -> str | None:
     """The last line of train.log where it is an error record (the job died of it), else None."""
     logs = sorted(run_dir.glob("*.log"))
-    if not logs:
-        return None
-    with open(logs[0], "rb") as f:
+    summary = run_dir / runfiles.SUMMARY
+    if not logs or (summary.is_file() and summary.stat().st_mtime > logs[0].stat().st_mtime):
+        return None  # a summary written after the log's last line: the run went on
+    with open(runfiles.inside(run_dir, logs[0].name), "rb") as f:
         f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
         lines = f.read().decode(errors="replace").splitlines()
     records = [line for line in lines if line.startswith("[")]
@@ -200,7 +194,7 @@ def read_job(job: Job, run_dir: Path, now: float) -> Job:
     job.age_s = max(0.0, now - last_write(run_dir))
     job.status = "running"
     try:
-        summary = read_summary(run_dir)
+        summary = runfiles.read_summary(run_dir)
     except READ_ERRORS as err:
         job.status, job.note = "unreadable", f"{runfiles.SUMMARY}: {type(err).__name__}: {err}"
         return job
@@ -230,14 +224,14 @@ def _fill(job: Job, run_dir: Path, summary: dict[str, Any], rows: list[dict], no
             setattr(job, key, _typed(summary, key, kind, None))
     job.pack_size = _typed(summary.get("pack") or {}, "pack_size", int, None)
     job.variant = job.variant or job.norm
-    if status in FINAL:
+    if (error := log_error(run_dir)) is not None:  # the job's last start ended in an error, whatever before
+        job.status, job.note = "failed", error.split("] - ", 1)[-1][:120]
+    elif status in FINAL:
         job.status = status
         if status == "completed":
             job.overhead_s = _overhead(run_dir, rows)
     elif status not in (None, "running"):
         raise ValueError(f"unknown status {status!r}")
-    elif (error := log_error(run_dir)) is not None:
-        job.status, job.note = "failed", error.split("] - ", 1)[-1][:120]
     elif not summary and not rows and never_started(run_dir, now):
         job.status, job.note = "pending", "dispatched after a stop signal, never started"
     else:
@@ -286,7 +280,7 @@ def read_extra(run_dir: Path, now: float, pack: str | None = None) -> Job:
     name = run_dir.name if pack is None else f"{pack}/{run_dir.name}"
     job = Job(name, planned=False, pack=pack)
     try:
-        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        cfg = OmegaConf.load(runfiles.inside(run_dir, ".hydra/config.yaml"))
         job.norm, job.batch_size = OmegaConf.select(cfg, "norm.name"), OmegaConf.select(cfg, "batch_size")
         job.seed = OmegaConf.select(cfg, "train.seed")
     except READ_ERRORS:
@@ -480,7 +474,7 @@ def is_run_dir(path: Path) -> bool:
 
 def seed_dirs(path: Path) -> list[Path]:
     """The seeds' folders of a job of train.seeds (none for any other folder)."""
-    found = [p for p in path.iterdir() if p.is_dir() and runfiles.is_seed_folder(p)] if path.is_dir() else []
+    found = [p for p in runfiles.subfolders(path) if runfiles.is_seed_folder(p)]
     return sorted(found, key=lambda p: int(p.name.split("=")[1]))
 
 
@@ -528,7 +522,7 @@ def read_sweep(path: Path, stall_after: float = STALL_AFTER, now: float | None =
         for job in plan or []:
             sweep.jobs.append(read_job(job, path / job.name, now))
             names.add(job.pack or job.name)
-        for run_dir in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for run_dir in runfiles.subfolders(path):
             if run_dir.name not in names and (plan is None or is_run_dir(run_dir) or seed_dirs(run_dir)):
                 sweep.jobs += read_extras(run_dir, now)
     if sweep.slots is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,27 @@ def test_script_on_a_partial_sweep_says_what_it_left_out(sweep):
     assert len(lines) == 3 and all(line.startswith("plot_sweep: ") for line in lines)
     assert sum("diverged in epoch" in line for line in lines) == 2 and "no summary.json yet" in lines[1]
     assert "| gn | 0.0300 | 0.1000 ± 0.0707 (n=2) |" in (sweep / "summary.md").read_text()
+
+
+def test_script_skips_a_malformed_run_and_never_writes_through_a_link(sweep, tmp_path):
+    bad = next(sweep.glob("*norm=gn,train.seed=1"))
+    summary = json.loads((bad / "summary.json").read_text())
+    (bad / "summary.json").write_text(json.dumps({**summary, "epochs_run": "two"}))
+    elsewhere = next(sweep.glob("*batch_size=16,norm=gn*"))
+    (elsewhere / "metrics.csv").unlink()
+    (elsewhere / "metrics.csv").symlink_to(tmp_path / "secret.csv")
+    precious = tmp_path / "precious.png"
+    precious.write_bytes(b"keep me")
+    (sweep / "bs-8.png").symlink_to(precious)
+    proc = plot_sweep(sweep)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert (f"plot_sweep: {bad}: unreadable, left out (ValueError: epochs_run is 'two'; allowed: an "
+            "integer)") in lines
+    assert any(line.startswith(f"plot_sweep: {elsewhere}: unreadable, left out (LinkOut: ") for line in lines)
+    assert precious.read_bytes() == b"keep me"
+    assert not (sweep / "bs-8.png").is_symlink() and (sweep / "bs-8.png").read_bytes().startswith(b"\x89PNG")
+    assert "| gn |  | 0.0500 |" in (sweep / "summary.md").read_text()  # the seed left, and no bs 16 run
 
 
 def load_script():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -58,7 +59,7 @@ def test_metrics_summary_and_checkpoint_round_trip(tmp_path):
 
     assert runfiles.read_summary(tmp_path) is None and not runfiles.is_finished(tmp_path)
     for status, finished in (("interrupted", False), ("completed", True), ("diverged", True)):
-        runfiles.write_summary(tmp_path, {"status": status, "best": float("nan")})
+        runfiles.write_summary(tmp_path, {"status": status, "epochs_run": 1, "best": float("nan")})
         assert runfiles.read_summary(tmp_path)["status"] == status
         assert runfiles.is_finished(tmp_path) is finished
     # a completed run asked for more epochs than it ran is not finished; a diverged one always is
@@ -127,3 +128,55 @@ def test_concurrent_writers_never_leave_a_torn_csv_or_json(tmp_path):
     assert reads > 20
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == ["go", "metrics.csv", "ready1", "ready2", "summary.json"]  # no temporary files
+
+
+@pytest.mark.parametrize("summary, problem", [
+    ([1], "a JSON list, not normexp's summary"),
+    ({"status": "done", "epochs_run": 1},
+     "status is 'done'; allowed: running, completed, diverged, interrupted"),
+    ({"status": "completed"}, "no epochs_run"),
+    ({"status": "completed", "epochs_run": "two"}, "epochs_run is 'two'; allowed: an integer"),
+    ({"status": "completed", "epochs_run": True}, "epochs_run is True; allowed: an integer"),
+    ({"status": "completed", "epochs_run": 2, "final_val_error": "low"},
+     "final_val_error is 'low'; allowed: a number or null"),
+])
+def test_a_summary_readers_cannot_rely_on_names_its_field(tmp_path, summary, problem):
+    (tmp_path / runfiles.SUMMARY).write_text(json.dumps(summary))
+    with pytest.raises(ValueError) as err:
+        runfiles.read_summary(tmp_path)
+    assert str(err.value) == problem
+
+
+def test_links_out_of_the_folder_are_refused_links_within_it_are_not(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (tmp_path / "elsewhere.json").write_text("{}")
+    (run_dir / "real.json").write_text("{}")
+    (run_dir / runfiles.SUMMARY).symlink_to(tmp_path / "elsewhere.json")
+    (run_dir / runfiles.MARKER).symlink_to(run_dir / "real.json")
+    with pytest.raises(runfiles.LinkOut, match="a symbolic link to .*elsewhere.json, outside"):
+        runfiles.read_summary(run_dir)
+    assert runfiles.inside(run_dir, runfiles.MARKER) == run_dir / runfiles.MARKER
+    assert isinstance(runfiles.LinkOut("x"), OSError)  # readers of results skip such a run with one line
+    (tmp_path / "outside").mkdir()
+    (run_dir / "linked").symlink_to(tmp_path / "outside")
+    (run_dir / "real").mkdir()
+    assert runfiles.subfolders(run_dir) == [run_dir / "real"]
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
+    proof = tmp_path / "proof"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {proof}",))
+
+    crafted = {"epoch": 1, "model": {"w": torch.ones(2)}, "extra": [Payload()]}
+    torch.save(crafted, tmp_path / runfiles.CHECKPOINT)
+    with pytest.raises(runfiles.NotACheckpoint, match="never unpickles: Trying to load unsupported GLOBAL"):
+        runfiles.load_checkpoint(tmp_path)
+    assert not proof.exists()
+    (tmp_path / runfiles.CHECKPOINT).write_bytes(b"garbage")
+    with pytest.raises(pickle.UnpicklingError) as err:
+        runfiles.load_checkpoint(tmp_path)
+    assert "weights_only" not in str(err.value)

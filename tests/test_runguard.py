@@ -139,8 +139,8 @@ def test_folders_without_normexps_marker(completed, tmp_path):
         f"{foreign}: holds run files but no normexp.json, and no normexp summary.json with its config: not "
         f"a normexp run folder; use another folder, or {runguard.START_OVER}")
     assert error_line(results[3]) == (
-        f"{not_ours / 'summary.json'}: not normexp's summary (no status among running, completed, diverged, "
-        f"interrupted and epochs_run); {runguard.START_OVER}, or use another folder")
+        f"{not_ours / 'summary.json'}: not normexp's summary (status is None; allowed: running, completed, "
+        f"diverged, interrupted); {runguard.START_OVER}, or use another folder")
     assert {d: snapshot(d) for d in (old_other, foreign, not_ours)} == before
     print(results[2].stderr, results[3].stderr)
 

@@ -323,3 +323,17 @@ def test_a_real_sweep_of_train_seeds(tiny_mnist, tmp_path):
     job = "batch_size=64,norm=gn,train.seeds=[3,4]"
     assert [(j.name, j.pack, j.seed, j.status, j.planned) for j in result.jobs] == [
         (f"{job}/seed=3", job, 3, "completed", True), (f"{job}/seed=4", job, 4, "completed", True)]
+
+
+def test_a_finished_job_whose_last_start_failed_is_failed(tmp_path):
+    s = tmp_path / "sweep"
+    failed, went_on = make_run(s, "gn", 4), make_run(s, "bn", 4)
+    for run_dir in (failed, went_on):
+        (run_dir / "train.log").write_text(
+            "[2026-01-01 10:00:01,000][normexp][ERROR] - failed: checkpoint.pt: unreadable (EOFError: )\n")
+    age(failed, 10.0)
+    age(went_on, 10.0)
+    os.utime(went_on / runfiles.SUMMARY, (NOW - 5, NOW - 5))  # the run wrote its summary after the error
+    by = {j.norm: j for j in status.read_sweep(s, now=NOW).jobs}
+    assert by["gn"].status == "failed" and by["gn"].note == "failed: checkpoint.pt: unreadable (EOFError: )"
+    assert by["bn"].status == "completed"
