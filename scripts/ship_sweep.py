@@ -6,16 +6,21 @@ script and the notebook read, without checkpoints, logs or machine paths.
 Copies the sweep's multirun.yaml and, of every run that has ended (completed or diverged), its .hydra/ files,
 metrics.csv, summary.json (which records the run's provenance: normexp's commit, torch, oneDNN, the CPU) and
 normexp.json (the folder's mark as normexp's, with the data files' sizes and hashes). In them the data root
-becomes the name of its folder (the data is named by that and by the hashes), and the folder the sweep ran
-from becomes ".". Runs not ended yet are left out, one line each on stderr: run it again as more finish.
+becomes the name of its folder (the data is named by that and by the hashes), the folder the sweep ran from
+becomes "." and the config folder it read becomes its name. Only real files ship, from real folders of the
+sweep: a run with a symbolic link among its files, or a path that cannot be named so, is left out; so are
+runs not ended yet; one line each on stderr: run it again as more finish.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -23,7 +28,8 @@ from normexp import results, runfiles
 
 RUN_FILES = (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", runfiles.METRICS,
              runfiles.SUMMARY, runfiles.MARKER)
-ENDED = ("completed", "diverged")
+ENDED = runfiles.FINAL_STATUSES
+ABSOLUTE = re.compile(r"(^|[=:,\s'\"])/[^/\s]|file:///")  # an absolute path in a value: /x, key=/x, file:///x
 
 
 class Parser(argparse.ArgumentParser):
@@ -34,12 +40,18 @@ class Parser(argparse.ArgumentParser):
 def machine_paths(hydra: dict, root: str) -> dict[str, str]:
     """What to replace in files written under ``hydra`` (a run's or a sweep's ``hydra`` node) with the data
     root ``root``: the root (as given and as an absolute path) by the data folder's name, a sweep folder
-    given as an absolute path by its name, and the folder it ran from by "."."""
-    cwd = (hydra.get("runtime") or {}).get("cwd") or str(Path.cwd())
+    given as an absolute path by its name, the folder it ran from by ".", and the config folder it read (the
+    checkout's conf/, wherever it ran from) by its name."""
+    runtime = hydra.get("runtime") or {}
+    cwd = runtime.get("cwd") or str(Path.cwd())
     found = {cwd: "."}
     sweep_dir = str((hydra.get("sweep") or {}).get("dir") or "")
     if Path(sweep_dir).is_absolute():
         found[sweep_dir] = Path(sweep_dir).name
+    for source in runtime.get("config_sources") or []:
+        path = str((source or {}).get("path") or "").removeprefix("file://")
+        if Path(path).is_absolute():
+            found[path] = Path(path).name
     if root:
         name = Path(root).name or root
         found |= {root: name, str((Path(cwd) / root).resolve()): name}
@@ -72,34 +84,62 @@ def scrubbed(text: str, paths: dict[str, str]) -> str:
     return text
 
 
-def ship_run(run_dir: Path, dest: Path, paths: dict[str, str]) -> None:
-    """The run's files into ``dest``, ``paths`` (its machine paths) replaced."""
-    paths = longest_first(paths)
-    for name in RUN_FILES:
-        source = run_dir / name
+def absolute_paths(value: Any) -> list[str]:
+    """The strings in a parsed YAML or JSON file that are, or hold, an absolute path."""
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in absolute_paths(k) + absolute_paths(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in absolute_paths(v)]
+    return [value] if isinstance(value, str) and ABSOLUTE.search(value) else []
+
+
+def shippable(folder: Path, names: tuple[str, ...], paths: dict[str, str]) -> dict[str, bytes]:
+    """The files ``names`` of ``folder`` that exist, scrubbed of ``paths``; a ValueError (one line) where one
+    is a symbolic link (only real files ship) or still holds an absolute path after the scrub."""
+    found = {}
+    for name in names:
+        source = folder / name
+        if source.is_symlink() or source.parent.is_symlink():
+            raise ValueError(f"{source} is a symbolic link (to {os.readlink(source)}): only real files ship")
         if source.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            runfiles.write_atomic(dest / name, scrubbed(source.read_text(), paths).encode())
+            text = scrubbed(source.read_text(), longest_first(paths))
+            parsed = yaml.safe_load(text) if name.endswith((".json", ".yaml")) else text  # JSON is YAML
+            left = absolute_paths(parsed)
+            if left:
+                raise ValueError(f"{source} holds the machine path {left[0]!r}, which ship_sweep cannot name")
+            found[name] = text.encode()
+    return found
 
 
 def ship(sweep: Path, dest: Path) -> tuple[list[Path], list[str]]:
     """The runs of ``sweep`` copied into ``dest`` (their new folders), and a line for each run left out."""
     shipped, left_out, paths = [], [], {str(Path.cwd()): "."}  # for multirun.yaml: every run's, and its own
-    for run_dir in results.find_run_dirs(sweep):
-        status = (runfiles.read_summary(run_dir) or {}).get("status", "not started")
-        if status not in ENDED:
-            left_out.append(f"{run_dir}: {status}, not shipped")
+    for run_dir in results.find_run_dirs(sweep):  # real folders only: a link may lead anywhere
+        try:
+            status = (runfiles.read_summary(run_dir) or {}).get("status", "not started")
+            if status not in ENDED:
+                left_out.append(f"{run_dir}: {status}, not shipped")
+                continue
+            own = run_paths(run_dir)
+            files = shippable(run_dir, RUN_FILES, own)
+        except (OSError, ValueError, yaml.YAMLError) as err:
+            left_out.append(f"{run_dir}: not shipped ({err})")
             continue
         target = dest / run_dir.relative_to(sweep)
-        own = run_paths(run_dir)
-        ship_run(run_dir, target, own)
+        for name, data in files.items():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            runfiles.write_atomic(target / name, data)
         shipped.append(target)
         paths |= own
     record = sweep / "multirun.yaml"
-    if record.is_file():
+    if record.is_file() or record.is_symlink():
+        try:
+            files = shippable(sweep, ("multirun.yaml",), paths | record_paths(record))
+        except (OSError, ValueError, yaml.YAMLError) as err:
+            left_out.append(f"{record}: not shipped ({err})")
+            return shipped, left_out
         dest.mkdir(parents=True, exist_ok=True)
-        paths = longest_first(paths | record_paths(record))
-        runfiles.write_atomic(dest / "multirun.yaml", scrubbed(record.read_text(), paths).encode())
+        runfiles.write_atomic(dest / "multirun.yaml", files["multirun.yaml"])
     return shipped, left_out
 
 

@@ -107,6 +107,39 @@ def test_ended_runs_ship_without_checkpoints_logs_or_machine_paths(sweep, tmp_pa
     assert after.loc["bn", "status"] == "diverged" and after.loc["gn", "train_digits"] == 60000
 
 
+def test_only_real_files_of_real_folders_ship_and_no_machine_path_is_left(sweep, tmp_path):
+    gn, bn = (next(sweep.glob(f"*norm={n},*")) for n in ("gn", "bn"))
+    hydra_file = gn / ".hydra" / "hydra.yaml"
+    hydra = yaml.safe_load(hydra_file.read_text())
+    checkout = tmp_path / "elsewhere" / "normexp"  # the sweep ran outside the checkout
+    hydra["hydra"]["runtime"]["config_sources"] = [{"path": "hydra.conf", "schema": "pkg"},
+                                                   {"path": str(checkout / "conf"), "schema": "file"}]
+    hydra_file.write_text(yaml.safe_dump(hydra))
+    (bn / runfiles.METRICS).unlink()
+    (bn / runfiles.METRICS).symlink_to("/etc/passwd")
+    outside = tmp_path / "outside"
+    shutil.copytree(gn, outside / "batch_size=4,norm=none,train.seed=0")
+    (sweep / "linked").symlink_to(outside)
+    (sweep / "itself").symlink_to(sweep)
+    odd = make_run(sweep, "none", 4, val_errors=(0.1,), extra=("data.root=/home/someone/mnist",),
+                   folder="odd")  # a path no record of the run names: it cannot be scrubbed
+    (odd / runfiles.MARKER).write_text(json.dumps({"note": "/home/someone/notes"}))
+    dest = tmp_path / "shipped"
+    proc = ship(sweep, dest)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"shipped": 1, "left_out": 3, "to": str(dest)}
+    lines = proc.stderr.splitlines()
+    assert f"ship_sweep: {bn}: not shipped ({bn / runfiles.METRICS} is a symbolic link (to /etc/passwd): " \
+           "only real files ship)" in lines
+    assert f"ship_sweep: {odd}: not shipped ({odd / runfiles.MARKER} holds the machine path " \
+           "'/home/someone/notes', which ship_sweep cannot name)" in lines
+    assert sorted(p.name for p in dest.iterdir()) == [gn.name, "multirun.yaml"]
+    shipped = yaml.safe_load((dest / gn.name / ".hydra" / "hydra.yaml").read_text())
+    assert shipped["hydra"]["runtime"]["config_sources"][1]["path"] == "conf"
+    assert "passwd" not in "".join(p.read_text() for p in dest.rglob("*") if p.is_file())
+    assert machine_paths(dest) == []
+
+
 @pytest.mark.parametrize("args, message", [
     (("{tmp}/nowhere", "{tmp}/out"), "sweep={tmp}/nowhere: no such folder"),
     (("{sweep}", "{sweep}/shipped"), "dest={sweep}/shipped: inside the sweep folder"),
