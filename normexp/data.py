@@ -18,6 +18,11 @@ from omegaconf import DictConfig
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 
+# an epoch's data order is seeded with seed * ORDER_STRIDE + epoch (epoch < the stride), which torch's
+# generator takes up to 2**64 - 1: SEED_MAX is the largest train.seed all of whose orders it can take
+ORDER_STRIDE = 1_000_003
+SEED_MAX = 2**64 // ORDER_STRIDE - 1
+
 
 class DataError(RuntimeError):
     """The data files are missing, unreadable or not in the IDX format."""
@@ -240,7 +245,7 @@ def epoch_order(
 ) -> list[torch.Tensor]:
     """Index batches of one epoch: a permutation that depends only on (seed, epoch), so a resumed run
     sees the same order; the last batch may be smaller."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = torch.Generator().manual_seed(seed * ORDER_STRIDE + epoch)
     return list(torch.randperm(num_examples, generator=generator).to(device).split(batch_size))
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from normexp import norm, pack, perf, runfiles, runguard, steps, validation
+from normexp import data, norm, pack, perf, runfiles, runguard, steps, validation
 from normexp.runstate import RunState
 from normexp.trainer import Outcome, Progress, Trainer, resolve_device
 
@@ -60,10 +60,10 @@ def _seeds_problems(cfg: DictConfig) -> list[str]:
     shown = OmegaConf.to_container(seeds) if OmegaConf.is_config(seeds) else seeds
     if not OmegaConf.is_list(seeds) or len(seeds) == 0:
         return [f"train.seeds={shown!r}: must be a non-empty list of seeds, e.g. [0,1,2], or null"]
-    bad = [s for s in shown if not validation.is_integer(s, 0)]
+    bad = [s for s in shown if validation.integer("train.seed", s, 0, data.SEED_MAX)]
     if bad:
-        return [f"train.seeds={shown!r}: {bad[0]!r} is not a seed; each must be an integer >= 0 and at most "
-                f"{validation.INT64_MAX}, as train.seed"]
+        return [f"train.seeds={shown!r}: {bad[0]!r} is not a seed; each must be an integer in [0, "
+                f"{data.SEED_MAX}], as train.seed"]
     repeated = sorted({s for s in shown if shown.count(s) > 1})
     if repeated:
         return [f"train.seeds={shown!r}: seed {repeated[0]} appears twice; each seed must appear once"]

@@ -416,9 +416,9 @@ def validate(cfg: DictConfig) -> list[str]:
     )
     caps_line = f"train.max_epochs_by_batch_size={caps!r}: must map batch sizes to integers >= 1"
     problems = [
-        *validation.integer("train.epochs", cfg.epochs, 1),
+        *validation.integer("train.epochs", cfg.epochs, 1, data.ORDER_STRIDE - 1),
         *([] if caps_ok else [caps_line]),
-        *validation.integer("train.seed", cfg.seed, 0),
+        *validation.integer("train.seed", cfg.seed, 0, data.SEED_MAX),
         *validation.choice("train.device", cfg.device, DEVICES),
         *validation.boolean("train.resume", cfg.resume),
         *validation.boolean("train.fast", cfg.fast),

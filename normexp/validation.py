@@ -64,12 +64,15 @@ def number(
     return [f"{key}={value!r}: must be {allowed}" + (f" or {or_word!r}" if or_word is not None else "")]
 
 
-def integer(key: str, value: Any, minimum: int, *, or_word: str | None = None) -> list[str]:
-    """``value`` must be an integer >= ``minimum`` (or the word ``or_word``)."""
-    if (or_word is not None and value == or_word) or is_integer(value, minimum):
+def integer(key: str, value: Any, minimum: int, maximum: int | None = None, *,
+            or_word: str | None = None) -> list[str]:
+    """``value`` must be an integer in [``minimum``, ``maximum``] (or the word ``or_word``)."""
+    if (or_word is not None and value == or_word) or (
+            is_integer(value, minimum) and (maximum is None or value <= maximum)):
         return []
     word = f"{or_word!r} or " if or_word is not None else ""
-    return [f"{key}={value!r}: must be {word}an integer >= {minimum}"]
+    allowed = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
+    return [f"{key}={value!r}: must be {word}{allowed}"]
 
 
 def boolean(key: str, value: Any, *, or_auto: bool = False) -> list[str]:

@@ -52,7 +52,7 @@ VALUE_CASES = {  # the other values, checked in-process by the same function (no
     "batch_size -1": (["batch_size=-1"], "batch_size=-1: must be an integer >= 1"),
     "batch_size abc": (["batch_size=abc"], "batch_size='abc': must be an integer >= 1"),
     "batch_size 2.5": (["batch_size=2.5"], "batch_size=2.5: must be an integer >= 1"),
-    "epochs 0": (["train.epochs=0"], "train.epochs=0: must be an integer >= 1"),
+    "epochs 0": (["train.epochs=0"], "train.epochs=0: must be an integer in [1, 1000002]"),
     "lr 0": (["optim.lr=0"], "optim.lr=0: must be a number > 0 or 'auto'"),
     "lr negative": (["optim.lr=-0.1"], "optim.lr=-0.1: must be a number > 0 or 'auto'"),
     "momentum 1": (["optim.momentum=1.0"], "optim.momentum=1.0: must be a number in [0, 1)"),
@@ -126,7 +126,9 @@ MORE = {  # the other keys, checked in-process (the CLI path is the same as abov
     "optim.weight_decay=-1": "optim.weight_decay=-1: must be a number >= 0",
     "optim.ref_batch_size=0": "optim.ref_batch_size=0: must be an integer >= 1",
     "norm.eps=0": "norm.eps=0: must be a number > 0",
-    "train.seed=-1": "train.seed=-1: must be an integer >= 0",
+    "train.seed=-1": "train.seed=-1: must be an integer in [0, 18446688733642]",
+    "train.seed=9223372036854775807": "train.seed=9223372036854775807: must be an integer in [0, "
+                                      "18446688733642]",
     "train.device=tpu": "train.device='tpu': allowed: auto, cpu, cuda",
     "train.resume=maybe": "train.resume='maybe': must be true or false",
     "train.max_loss=0": "train.max_loss=0: must be a number > 0",
@@ -147,7 +149,7 @@ def test_other_bad_values_and_several_at_once(tmp_path):
         "norm.alpha=0: must be a number in (0, 1]",
         "norm.schedule.unit='epochs': allowed: epoch, step",
         "norm.schedule.ramp=-1: must be a number >= 0",
-        "train.epochs=0: must be an integer >= 1",
+        "train.epochs=0: must be an integer in [1, 1000002]",
         "batch_size=0: must be an integer >= 1",
     ]  # every problem, one line each
     fine = [data, "batch_size=200", "norm.groups=per_channel"]  # the whole split in one batch is fine
@@ -165,7 +167,7 @@ BOOLS_AND_NON_FINITE = {  # a bool is no number here, though Python counts it as
     ("norm=gn", "norm.eps=nan"): "norm.eps=nan: must be a number > 0",
     ("optim.lr=inf",): "optim.lr=inf: must be a number > 0 or 'auto'",
     ("optim.weight_decay=nan",): "optim.weight_decay=nan: must be a number >= 0",
-    ("train.seed=" + "9" * 30,): f"train.seed={'9' * 30}: must be an integer >= 0",
+    ("train.seed=" + "9" * 30,): f"train.seed={'9' * 30}: must be an integer in [0, 18446688733642]",
 }
 
 

@@ -260,13 +260,15 @@ def test_a_pack_stopped_by_sigterm_saves_every_seed(tmp_path):
 BAD = {
     "train.seeds=[]": "train.seeds=[]: must be a non-empty list of seeds, e.g. [0,1,2], or null",
     "train.seeds=[0,0]": "train.seeds=[0, 0]: seed 0 appears twice; each seed must appear once",
-    "train.seeds=[0,-1]": "train.seeds=[0, -1]: -1 is not a seed; each must be an integer >= 0 and at most "
-                          "9223372036854775807, as train.seed",
-    "train.seeds=[true]": "train.seeds=[True]: True is not a seed; each must be an integer >= 0 and at most "
-                          "9223372036854775807, as train.seed",
+    "train.seeds=[0,-1]": "train.seeds=[0, -1]: -1 is not a seed; each must be an integer in [0, "
+                          "18446688733642], as train.seed",
+    "train.seeds=[true]": "train.seeds=[True]: True is not a seed; each must be an integer in [0, "
+                          "18446688733642], as train.seed",
+    "train.seeds=[0,18446688733643]": "train.seeds=[0, 18446688733643]: 18446688733643 is not a seed; each "
+                                      "must be an integer in [0, 18446688733642], as train.seed",
     "train.seeds=[123456789012345678901234567890]": "train.seeds=[123456789012345678901234567890]: "
-    "123456789012345678901234567890 is not a seed; each must be an integer >= 0 and at most "
-    "9223372036854775807, as train.seed",
+    "123456789012345678901234567890 is not a seed; each must be an integer in [0, 18446688733642], as "
+    "train.seed",
     "train.seeds=3": "train.seeds=3: must be a non-empty list of seeds, e.g. [0,1,2], or null",
     "train.pack_size=0": "train.pack_size=0: must be 'auto' or an integer >= 1",
 }
