@@ -34,7 +34,6 @@ scheduled as the launcher will: in order, each on the first of its parallel slot
 
 from __future__ import annotations
 
-import argparse
 import csv
 import heapq
 import json
@@ -55,7 +54,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from normexp import runfiles, sweeps
+from normexp import runfiles, sweeps, validation
 
 STATUSES = ("pending", "running", "stalled", "completed", "diverged", "interrupted", "failed", "unreadable")
 FINAL = ("completed", "diverged", "interrupted")
@@ -625,8 +624,11 @@ def show(paths: list[Path], as_data: bool, stall_after: float) -> str:
     return "\n".join(render(s) for s in sweeps_)
 
 
+WATCH_MAX = 86400.0  # a redraw at least once a day (time.sleep takes no more than the platform's time_t)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m normexp.status", description=__doc__.split("\n\n")[0])
+    parser = validation.Parser(prog="python -m normexp.status", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweeps", nargs="*", type=Path, metavar="SWEEP",
                         help=f"sweep folders (default: the newest under {SWEEPS_ROOT}/)")
     parser.add_argument("--watch", type=float, metavar="N", help="redraw every N seconds (Ctrl-C stops)")
@@ -636,6 +638,10 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"a running job silent this long (and for {STALL_EPOCHS:g} epochs) is stalled "
                              f"(default {STALL_AFTER:g})")
     args = parser.parse_args(argv)
+    if args.watch is not None and not validation.is_number(args.watch, 0, WATCH_MAX, low_open=True):
+        parser.error(f"--watch {args.watch:g}: allowed: seconds in (0, {WATCH_MAX:g}]")
+    if not validation.is_number(args.stall_after, 0, low_open=True):
+        parser.error(f"--stall-after {args.stall_after:g}: allowed: a finite number of seconds > 0")
     paths = args.sweeps or [newest_sweep()]
     if paths == [None]:
         print(f"normexp: error: no sweep under {SWEEPS_ROOT}/; give a sweep folder", file=sys.stderr)
@@ -644,8 +650,6 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"normexp: error: {missing[0]}: no such folder", file=sys.stderr)
         return 2
-    if args.watch is not None and args.watch <= 0:
-        parser.error("--watch N: N must be > 0")
     try:
         while True:
             text = show(paths, args.json, args.stall_after)

@@ -37,17 +37,12 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from normexp import data, norm, perf, runfiles
+from normexp import data, norm, perf, runfiles, validation
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 TRAIN_SIZE = 8192  # synthetic training digits: every power-of-two batch size up to 256 divides it
 TOO_BUSY = 0.20  # blocks spreading more than +-20 % around their median: too busy to decide
 SETUP_SHARE = 0.25  # of --seconds, kept for set-ups and warm-ups
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, as everywhere in normexp
-        self.exit(2, f"normexp: error: {message}\n")
 
 
 # ---------------------------------------------------------------- the decision (pure: no timing)
@@ -363,7 +358,8 @@ def int_list(text: str) -> list[int]:
     return values
 
 
-def checked_arguments(parser: Parser, args: argparse.Namespace) -> tuple[list[int] | None, list[str] | None]:
+def checked_arguments(parser: validation.Parser, args: argparse.Namespace
+                      ) -> tuple[list[int] | None, list[str] | None]:
     """The batch sizes and norms asked for (None: the sweep's); one line and exit 2 for a bad argument."""
     try:
         sizes = int_list(args.batch_sizes) if args.batch_sizes is not None else None
@@ -381,7 +377,7 @@ def checked_arguments(parser: Parser, args: argparse.Namespace) -> tuple[list[in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m normexp.tune", description=__doc__.split("\n\n")[0])
+    parser = validation.Parser(prog="python -m normexp.tune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--norms", help="comma-separated; one norm per kernel family is measured, for all "
                         "the norms of that family (bn for brn too, gn for ln and in; default: the sweep's)")
     parser.add_argument("--batch-sizes", help="comma-separated (default: the sweep's, and "

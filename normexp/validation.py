@@ -4,11 +4,19 @@ counts them as integers, and numbers are finite."""
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Iterable
 from typing import Any
 
 INT64_MAX = 2**63 - 1  # what torch can take as a seed or a count
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse for normexp's commands: bad input is one line and exit 2, as everywhere in normexp."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"normexp: error: {message}\n")
 
 
 def is_integer(value: Any, minimum: int | None = None) -> bool:

@@ -52,7 +52,7 @@ import torch.nn.functional as F  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from normexp import data, memory, norm, optim, perf, runfiles, seeds, trainer  # noqa: E402
+from normexp import data, memory, norm, optim, perf, runfiles, seeds, trainer, validation  # noqa: E402
 from normexp.model import LeNet  # noqa: E402
 from normexp.runstate import RunState  # noqa: E402
 from normexp.trainer import Trainer  # noqa: E402
@@ -68,11 +68,6 @@ TORCH_DEFAULTS = perf.CpuSettings(threads=torch.get_num_threads(), mkldnn=torch.
 # PyTorch's own GPU numerics, which the reference keeps and normexp's set-up changes (trainer.exact_float32)
 CUDA_DEFAULTS = {key: getattr(torch.backends.cudnn, key)
                  for key in ("allow_tf32", "deterministic", "benchmark")}
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, as everywhere in normexp
-        self.exit(2, f"normexp: error: {message}\n")
 
 
 def int_list(text: str) -> list[int]:
@@ -495,7 +490,7 @@ def machine_line(m: dict) -> str:
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], list[int]]:
     """The options, checked (one line and exit code 2 for a bad one), and the norms and batch sizes."""
-    parser = Parser(description=__doc__.split("\n\n")[0])
+    parser = validation.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--norms", default=NORMS, help=f"comma-separated (default {NORMS})")
     parser.add_argument("--batch-sizes", default=BATCH_SIZES, help=f"comma-separated (default {BATCH_SIZES})")
     parser.add_argument("--steps", type=int, default=0, help="steps per timed block (default: --seconds)")

@@ -8,20 +8,14 @@ Writes bs-<N>.<format> for every batch size present, summary.<format>, summary.c
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from normexp import plots, results
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, as everywhere in normexp
-        self.exit(2, f"normexp: error: {message}\n")
+from normexp import plots, results, validation
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(description=__doc__.split("\n\n")[0])
+    parser = validation.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweeps", nargs="+", type=Path, metavar="FOLDER",
                         help="sweep folders, folders of sweeps, or single run folders")
     parser.add_argument("--out", type=Path, help="where to write (default: the first FOLDER)")

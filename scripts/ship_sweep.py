@@ -14,7 +14,6 @@ runs not ended yet; one line each on stderr: run it again as more finish.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -24,17 +23,12 @@ from typing import Any
 
 import yaml
 
-from normexp import results, runfiles
+from normexp import results, runfiles, validation
 
 RUN_FILES = (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", runfiles.METRICS,
              runfiles.SUMMARY, runfiles.MARKER)
 ENDED = runfiles.FINAL_STATUSES
 ABSOLUTE = re.compile(r"(^|[=:,\s'\"])/[^/\s]|file:///")  # an absolute path in a value: /x, key=/x, file:///x
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, as everywhere in normexp
-        self.exit(2, f"normexp: error: {message}\n")
 
 
 def machine_paths(hydra: dict, root: str) -> dict[str, str]:
@@ -144,7 +138,7 @@ def ship(sweep: Path, dest: Path) -> tuple[list[Path], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(description=__doc__.split("\n\n")[0])
+    parser = validation.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", type=Path, help="the sweep folder (hydra.sweep.dir)")
     parser.add_argument("dest", type=Path, help="where the copy goes, e.g. outputs/writeup/code/seed0")
     args = parser.parse_args(argv)

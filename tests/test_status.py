@@ -337,3 +337,16 @@ def test_a_finished_job_whose_last_start_failed_is_failed(tmp_path):
     by = {j.norm: j for j in status.read_sweep(s, now=NOW).jobs}
     assert by["gn"].status == "failed" and by["gn"].note == "failed: checkpoint.pt: unreadable (EOFError: )"
     assert by["bn"].status == "completed"
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--watch", "inf"], "--watch inf: allowed: seconds in (0, 86400]"),
+    (["--watch", "nan"], "--watch nan: allowed: seconds in (0, 86400]"),
+    (["--watch", "0"], "--watch 0: allowed: seconds in (0, 86400]"),
+    (["--stall-after", "-1"], "--stall-after -1: allowed: a finite number of seconds > 0"),
+    (["--watch", "soon"], "argument --watch: invalid float value: 'soon'"),
+])
+def test_bad_arguments_are_one_line_before_any_work(tmp_path, capsys, args, line):
+    with pytest.raises(SystemExit) as exit_:
+        status.main([str(tmp_path), *args])
+    assert exit_.value.code == 2 and capsys.readouterr().err == f"normexp: error: {line}\n"
