@@ -233,10 +233,26 @@ def run_folder_problems(config: DictConfig) -> list[str]:
     """A single run's folder, locked for this process (which holds it until it ends: the trainer takes it
     again), then prepared; its problem as one line."""
     run_dir = Path(os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir"))))
+    made = runguard.first_missing(run_dir)
     try:
         runguard.acquire(run_dir)
         prepare_folder(run_dir, task_config(config), "hydra.run.dir")
+        runguard.probe(run_dir, "hydra.run.dir")
     except RunFolderError as err:
+        runguard.release(run_dir)
+        runguard.remove_made(made)
+        return [str(err)]
+    return []
+
+
+def sweep_dir_problems(config: DictConfig) -> list[str]:
+    """The sweep folder made and written to, before the launcher makes it: one line where it cannot be."""
+    sweep_dir = Path(os.path.abspath(str(OmegaConf.select(config, "hydra.sweep.dir"))))
+    made = runguard.first_missing(sweep_dir)
+    try:
+        runguard.probe(sweep_dir, "hydra.sweep.dir")
+    except RunFolderError as err:
+        runguard.remove_made(made)
         return [str(err)]
     return []
 
@@ -280,6 +296,7 @@ class ValidateConfig(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         job_configs: list[DictConfig] = []
         exit_with(sweep_problems(config, job_configs))
+        exit_with(sweep_dir_problems(config))
         launcher = str(config.hydra.launcher.get("_target_", ""))
         if job_configs and launcher.endswith(STOPPABLE_LAUNCHERS):
             stopping.begin_sweep([folder / runguard.LOCK for i, c in enumerate(job_configs)

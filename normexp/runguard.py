@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -239,9 +240,46 @@ def acquire(run_dir: Path) -> None:
     except OSError as err:
         _note(run_dir, f"{run_dir}: not locked: flock failed ({err.strerror or err}); two processes in this "
                        "folder would not be kept apart")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+    except OSError as err:
+        os.close(fd)
+        raise RunFolderError(f"{run_dir}: cannot write its lock file {LOCK} ({err.strerror or err}); free "
+                             "space or fix the permissions") from err
     _held[key] = [fd, 1]
+
+
+PROBE = ".normexp.probe"
+PROBE_BYTES = 1 << 16  # more than Hydra's .hydra/ files and a log's first lines
+
+
+def first_missing(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist yet: what making it would make."""
+    missing = None
+    for path in (folder.absolute(), *folder.absolute().parents):
+        if path.exists() or path.is_symlink():
+            return missing
+        missing = path
+    return missing
+
+
+def probe(folder: Path, key: str) -> None:
+    """``folder`` made, and a file written there and removed: one line (naming the setting ``key``) where a
+    full disk or a read-only file system refuses it, before Hydra writes its own files there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        runfiles.write_atomic(folder / PROBE, bytes(PROBE_BYTES))
+        (folder / PROBE).unlink()
+    except OSError as err:
+        raise RunFolderError(f"{key}={folder}: cannot write there ({err.strerror or err}); free space or fix "
+                             "the permissions, then run again") from err
+
+
+def remove_made(made: Path | None) -> None:
+    """What ``first_missing`` said a failed start would make, removed again: no half-made folder stays."""
+    if made is not None and made.is_dir() and not made.is_symlink():
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def release(run_dir: Path) -> None:

@@ -5,6 +5,7 @@ jobs), corrupt or foreign run files and a full or read-only disk are one line ea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -291,18 +292,27 @@ def test_disk_full_and_read_only_are_one_line_and_the_last_checkpoint_survives(t
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 5 MB tmpfs (one checkpoint fits, not two), where this machine lets the tests mount one."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mount)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (the simulated disk-full test covers the message)")
+def mounted(tmp_path):
+    """Mounts a 1 MB tmpfs at a folder: ``mounted(name, options)``; skips where the tests cannot mount."""
+    made = []
+
+    def mount(name: str, options: str = "size=1m") -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+                          capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (the simulated failures cover the messages)")
+        made.append(point)
+        return point
+
     yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    for point in made:
+        subprocess.run(["umount", str(point)], check=True)
 
 
-def test_a_real_full_disk(small_disk, tmp_path):
+def test_a_real_full_disk(mounted, tmp_path):
+    """A 5 MB disk: one checkpoint fits, not two."""
+    small_disk = mounted("small", "size=5m")
     data = write_mnist(tmp_path / "data")
     result = run_cli(*args(small_disk / "run", data, train__epochs="2"))
     assert result.returncode == 2, result.stderr
@@ -310,6 +320,41 @@ def test_a_real_full_disk(small_disk, tmp_path):
                                          "on device); the files written before are intact")
     assert runfiles.load_checkpoint(small_disk / "run")["epoch"] == 1
     print(result.stderr)
+
+
+def test_a_full_disk_or_a_read_only_sweep_folder_is_one_line_and_leaves_nothing(mounted, tmp_path):
+    data = write_mnist(tmp_path / "data")
+    full, read_only = mounted("full"), mounted("read_only", "size=1m,ro")
+    with open(full / "fill", "wb") as f:  # the disk filled to the last byte
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(bytes(1 << 16))
+                f.flush()
+    results = [run_cli(*args(full / "runs" / "run", data)),
+               run_cli("-m", f"hydra.sweep.dir={read_only / 'sweep'}", f"data.root={data}", *QUIET,
+                       "batch_size=40", "train.epochs=1", "norm=gn,bn")]
+    assert [r.returncode for r in results] == [2, 2], [r.stderr for r in results]
+    lines = [error_line(r) for r in results]
+    assert lines[0].startswith(f"{full / 'runs' / 'run'}: cannot ") and "(No space left on device)" in (
+        lines[0])
+    assert lines[1] == (f"hydra.sweep.dir={read_only / 'sweep'}: cannot write there (Read-only file system); "
+                        "free space or fix the permissions, then run again")
+    assert sorted(p.name for p in full.iterdir()) == ["fill"] and list(read_only.iterdir()) == []
+    print("\n".join(lines))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name a descriptor's file")
+def test_a_folder_that_takes_a_lock_but_no_more_is_one_line_and_left_as_it_was(tmp_path):
+    data = write_mnist(tmp_path / "data")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(FAIL_WRITE)
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
+           "NORMEXP_TEST_FAIL_WRITE": f"28:{runguard.PROBE}:1"}
+    result = run_cli(*args(tmp_path / "new" / "run", data), env=env)
+    assert result.returncode == 2
+    assert error_line(result) == (f"hydra.run.dir={tmp_path / 'new' / 'run'}: cannot write there (No space "
+                                  "left on device); free space or fix the permissions, then run again")
+    assert not (tmp_path / "new").exists()
 
 
 WITH_GROUPS = ", ".join(p.stem for p in sorted((ROOT / "conf" / "norm").glob("*.yaml"))
