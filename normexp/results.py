@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from normexp import fingerprint, runfiles, sweeps, writeup
 
-# still running, or killed or failed while running (summary.json says "running", or there is none yet)
+# still running, or killed or failed while running (summary.json says "running" or "failed", or there is none)
 UNFINISHED = "unfinished"
 STATUSES = ("completed", "diverged", "interrupted", UNFINISHED)
 RUN_COLUMNS = (
@@ -254,7 +254,7 @@ def run_settings(run_dir: Path, cfg: DictConfig, summary: dict[str, Any] | None)
         "run_dir": str(run_dir), "job": run_dir.name, "norm": cfg.norm.name,
         "groups": None if groups is None else str(groups), "batch_size": int(bs), "seed": int(cfg.train.seed),
         "lr": None if lr is None else float(lr), "data": cfg.data.name, "protocol": protocol,
-        "status": UNFINISHED if status == "running" else status, "epochs": epochs,
+        "status": UNFINISHED if status in ("running", "failed") else status, "epochs": epochs,
         "epochs_run": summary.get("epochs_run"), "final_val_error": summary.get("final_val_error"),
         "best_val_error": summary.get("best_val_error"), "diverged_epoch": diverged.get("epoch"),
         "diverged_step": diverged.get("step"), "diverged_loss": diverged.get("loss"),

@@ -16,7 +16,7 @@ METRIC_COLUMNS = (
     "epoch", "step", "lr", "r_max", "d_max", "train_loss", "train_error",
     "val_loss", "val_error", "seconds", "samples_per_s",
 )
-STATUSES = ("running", "completed", "diverged", "interrupted")  # a run's status in summary.json
+STATUSES = ("running", "completed", "diverged", "interrupted", "failed")  # a run's status in summary.json
 FINAL_STATUSES = ("completed", "diverged")
 _INT, _NUMBER = ("an integer", int), ("a number", (int, float))
 SUMMARY_FIELDS = {  # the summary fields readers rely on: what each must hold where present (null: None)

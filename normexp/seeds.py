@@ -167,8 +167,13 @@ class Pack:
     def fit(self) -> list[Outcome]:
         self.build_net()
         with steps.StopSignal() as stop:
-            while self.runs and self.states[0].epoch < self.runs[0].epochs:
-                self._train_epoch(stop)
+            try:
+                while self.runs and self.states[0].epoch < self.runs[0].epochs:
+                    self._train_epoch(stop)
+            except Exception as err:
+                for run, st in zip(self.runs, self.states, strict=True):  # the seeds still in the pack
+                    run.failed(st, err)
+                raise
         self.outcomes += [run.complete(st) for run, st in zip(self.runs, self.states, strict=True)]
         return self.outcomes
 

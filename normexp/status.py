@@ -223,7 +223,9 @@ def _fill(job: Job, run_dir: Path, summary: dict[str, Any], rows: list[dict], no
             setattr(job, key, _typed(summary, key, kind, None))
     job.pack_size = _typed(summary.get("pack") or {}, "pack_size", int, None)
     job.variant = job.variant or job.norm
-    if (error := log_error(run_dir)) is not None:  # the job's last start ended in an error, whatever before
+    if status == "failed":
+        job.status, job.note = "failed", f"failed: {summary.get('error')}"[:120]
+    elif (error := log_error(run_dir)) is not None:  # the job's last start ended in an error, whatever before
         job.status, job.note = "failed", error.split("] - ", 1)[-1][:120]
     elif status in FINAL:
         job.status = status

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -208,12 +210,26 @@ class Trainer:
 
     def train(self, state: RunState) -> Outcome:
         """The planned epochs from ``state`` on, to the run's end."""
-        with steps.StopSignal() as stop:
+        with steps.StopSignal() as stop, self.failing(state):
             while state.epoch < self.epochs:
                 outcome = self.train_epoch(state, stop)
                 if outcome is not None:
                     return outcome
         return self.complete(state)
+
+    @contextmanager
+    def failing(self, state: RunState) -> Iterator[None]:
+        try:
+            yield
+        except Exception as err:
+            self.failed(state, err)
+            raise
+
+    def failed(self, state: RunState, err: Exception) -> None:
+        """An error that ends the run, recorded: summary.json says "failed" (with the error), never "running"
+        for a process that has ended; the run resumes from its last checkpoint."""
+        with suppress(Exception):  # a full disk may refuse this too: the error itself is what counts
+            self.end("failed", state, error=f"{type(err).__name__}: {err}"[:500])
 
     def finished(self) -> Outcome | None:
         """The outcome of a run the folder holds finished already (where ``train.resume`` allows)."""

@@ -288,6 +288,9 @@ def test_disk_full_and_read_only_are_one_line_and_the_last_checkpoint_survives(t
                                       f"{intact}")
     assert runfiles.load_checkpoint(full)["epoch"] == 1  # the first epoch's checkpoint, whole
     assert not list(full.glob(".*.tmp"))
+    assert summary(full)["status"] == "failed" and "No space left on device" in summary(full)["error"]
+    resumed = run_cli(*args(full, data, train__epochs="2"))  # space freed: the same command resumes it
+    assert resumed.returncode == 0 and summary(full)["status"] == "completed", resumed.stderr
     print("\n".join(r.stderr.strip() for r in results))
 
 
