@@ -316,7 +316,7 @@ class ValidateConfig(Callback):
             sys.exit(128 + signum)
 
 
-STOPPABLE_LAUNCHERS = ("BasicLauncher", "JoblibLauncher")  # their jobs run here or in this process's workers
+STOPPABLE_LAUNCHERS = ("BasicLauncher", "JoblibLauncher", "LocalLauncher")  # jobs: here, or child processes
 
 
 def stop_workers() -> None:

@@ -88,13 +88,13 @@ def check_links(run_dir: Path) -> None:
 
 def subfolders(path: Path) -> list[Path]:
     """The folders in ``path`` that readers of runs enter: real ones (a link may lead anywhere, the sweep
-    itself included), not hidden."""
+    itself included), not hidden. ``path`` itself may be a link: the user named it."""
     return [p for p in _entries(path) if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")]
 
 
 def _entries(folder: Path) -> list[Path]:
     try:
-        return sorted(folder.iterdir()) if folder.is_dir() and not folder.is_symlink() else []
+        return sorted(folder.iterdir()) if folder.is_dir() else []
     except OSError:
         return []
 

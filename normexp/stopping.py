@@ -1,12 +1,12 @@
 """A sweep stopped by a signal to its main process (SIGTERM, or SIGINT: Ctrl-C), under Hydra's basic or joblib
-launcher: every running job finishes its step, saves an interrupted checkpoint and ends; no job starts after
-the signal; the sweep exits with 128 + the signal, and the same command resumes it.
+launcher or submitit_local: every running job finishes its step, saves an interrupted checkpoint and ends;
+no job starts after the signal; the sweep exits with 128 + the signal, and the same command resumes it.
 
 The main process (``begin_sweep``, from the start-up callback) turns the signals into a request written to a
-stop file, which the jobs' processes (joblib's workers inherit its name in the environment) read with
-``requested``, and forwards the signal to the workers that hold a job's folder (a run's trainer turns it into
-a stop after the step). A worker keeps a handler of its own between runs (``guard_worker``), so that a
-forwarded signal or a Ctrl-C to the whole process group never kills a worker outside a run.
+stop file, which the jobs' processes (they inherit its name in the environment) read with ``requested``, and
+forwards the signal to the processes below it that hold a job's folder (a run's trainer turns it into a stop
+after the step). A worker keeps a handler of its own between runs (``guard_worker``), so that a forwarded
+signal or a Ctrl-C to the whole process group never kills a worker outside a run.
 """
 
 from __future__ import annotations
@@ -59,16 +59,28 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 
 def _workers_running_jobs() -> set[int]:
-    """The child processes named in the jobs' lock files (a job's worker, or one that ran a job before)."""
+    """The processes named in the jobs' lock files that descend from this one: a joblib worker (a child), a
+    submitit_local job (a child of submitit's controller), or a worker that ran a job before."""
     pids = set()
     for path in _lock_files:
         try:
             first = path.read_text().split()[0]
         except (OSError, IndexError):
             continue
-        if first.isdigit() and int(first) != os.getpid() and _parent_of(int(first)) == os.getpid():
+        if first.isdigit() and int(first) != os.getpid() and _descends_from_here(int(first)):
             pids.add(int(first))
     return pids
+
+
+def _descends_from_here(pid: int) -> bool:
+    for _ in range(8):  # the launchers' process trees are shallow
+        parent = _parent_of(pid)
+        if parent is None or parent <= 1:
+            return False
+        if parent == os.getpid():
+            return True
+        pid = parent
+    return False
 
 
 def _parent_of(pid: int) -> int | None:

@@ -9,19 +9,33 @@ into an exit status.
 
 from __future__ import annotations
 
-import logging
+import signal
 import sys
-from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
 
-from normexp import data, runguard, seeds, stopping
-from normexp.config import check_command_line
-from normexp.runfiles import RunFolderError
-from normexp.trainer import Outcome, Trainer
+def stopped_while_starting(signum: int, frame: object) -> None:
+    """SIGTERM or Ctrl-C before a run or a sweep has its own handler (while torch and the config load)."""
+    print(f"normexp: stopped by signal {signum} while starting, before any training: run the same command "
+          "again to start", file=sys.stderr)
+    sys.exit(128 + signum)
+
+
+if __name__ == "__main__":  # before the imports below, which take a while
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, stopped_while_starting)
+
+import logging  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from normexp import data, runguard, seeds, stopping  # noqa: E402
+from normexp.config import check_command_line  # noqa: E402
+from normexp.runfiles import RunFolderError  # noqa: E402
+from normexp.trainer import Outcome, Trainer  # noqa: E402
 
 log = logging.getLogger("normexp")
 

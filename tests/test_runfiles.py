@@ -133,7 +133,7 @@ def test_concurrent_writers_never_leave_a_torn_csv_or_json(tmp_path):
 @pytest.mark.parametrize("summary, problem", [
     ([1], "a JSON list, not normexp's summary"),
     ({"status": "done", "epochs_run": 1},
-     "status is 'done'; allowed: running, completed, diverged, interrupted"),
+     "status is 'done'; allowed: running, completed, diverged, interrupted, failed"),
     ({"status": "completed"}, "no epochs_run"),
     ({"status": "completed", "epochs_run": "two"}, "epochs_run is 'two'; allowed: an integer"),
     ({"status": "completed", "epochs_run": True}, "epochs_run is True; allowed: an integer"),

@@ -141,7 +141,7 @@ def test_folders_without_normexps_marker(completed, tmp_path):
         f"a normexp run folder; use another folder, or {runguard.START_OVER}")
     assert error_line(results[3]) == (
         f"{not_ours / 'summary.json'}: not normexp's summary (status is None; allowed: running, completed, "
-        f"diverged, interrupted); {runguard.START_OVER}, or use another folder")
+        f"diverged, interrupted, failed); {runguard.START_OVER}, or use another folder")
     assert {d: snapshot(d) for d in (old_other, foreign, not_ours)} == before
     print(results[2].stderr, results[3].stderr)
 

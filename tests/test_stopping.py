@@ -1,6 +1,7 @@
-"""A sweep stopped by SIGTERM or SIGINT to its main process, under the joblib and the basic launcher: the
-running jobs save an interrupted checkpoint, no job starts after the signal, no worker is left, the exit code
-is 128 + the signal with one line and no traceback, and the same command resumes every job."""
+"""A sweep stopped by SIGTERM or SIGINT to its main process, under the joblib, submitit_local and basic
+launchers: the running jobs save an interrupted checkpoint, no job starts after the signal, no worker is
+left, the exit code is 128 + the signal with one line and no traceback, and the same command resumes every
+job."""
 
 from __future__ import annotations
 
@@ -102,6 +103,31 @@ def test_joblib_sweep_stops_cleanly_and_resumes(data, tmp_path, signum, group):
         for job in [*running, sweep / "batch_size=2,norm=none"]:
             assert status(job) == "completed", job
         assert all("resuming" in (job / "train.log").read_text() for job in running)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc to list the jobs")
+def test_submitit_local_sweep_passes_sigterm_to_its_jobs_and_leaves_none_running(data, tmp_path):
+    sweep = tmp_path / "sweep"
+    main = start("-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}", f"data.root={data}",
+                 "norm=gn,bn", "batch_size=2", "train.epochs=2", *QUIET)
+    running = [sweep / f"batch_size=2,norm={n}" for n in ("gn", "bn")]
+    wait_for(lambda: all(status(j) == "running" for j in running), main, "both jobs started", timeout=180)
+    below = children(main.pid)
+    below |= {pid for child in below for pid in children(child)}  # submitit's controller, and its job
+    main.send_signal(signal.SIGTERM)
+    out, err = main.communicate(timeout=120)
+    assert main.returncode == 143, err
+    assert err.strip().splitlines()[-1] == (
+        "normexp: stopped by signal 15: the running jobs saved a checkpoint and no other job started; run "
+        "the same command again to resume")
+    assert "Traceback" not in out + err
+    for job in running:
+        assert status(job) == "interrupted", job
+        assert 0 <= runfiles.load_checkpoint(job)["batch"] < 1000
+    deadline = time.monotonic() + 30
+    while [pid for pid in below if alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [(pid, describe(pid)) for pid in below if alive(pid)] == []  # nothing left running
 
 
 def test_basic_sweep_stops_at_sigint_without_a_traceback(data, tmp_path):

@@ -283,3 +283,31 @@ def test_a_custom_layer_defined_in_a_test_file_trains_for_an_epoch_through_the_c
     state = runfiles.load_checkpoint(tmp_path / "run")["model"]
     assert {f"features.{i}.{p}" for i in (1, 4, 7) for p in ("weight", "bias")} <= set(state)
     assert state["features.7.weight"].shape == (500,)
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (its SigCgt mask in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) >> (signum - 1) & 1)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc to see the handler")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_starting_is_one_line(tmp_path, signum):
+    data = write_mnist(tmp_path / "data")
+    process = start_cli(f"hydra.run.dir={tmp_path / 'run'}", f"data.root={data}", "train.threads=1")
+    deadline = time.monotonic() + 30
+    while not catches(process.pid, signal.SIGTERM):  # normexp's handlers in place (SIGINT's first), torch
+        # not loaded yet: the earliest moment it can answer
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.001)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum
+    assert err == (f"normexp: stopped by signal {signum} while starting, before any training: run the same "
+                   "command again to start\n")
+    assert "Traceback" not in out
