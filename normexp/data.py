@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import stat
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig
+
+from normexp import runfiles
 
 # data.name -> torchvision dataset class. torchvision is imported only to download: a run reads the IDX files
 # itself, because importing torchvision costs about a second and 0.17 GB of resident memory per run
@@ -144,6 +148,22 @@ def files_present(cfg: DictConfig) -> bool:
     return all(p.exists() for train in (True, False) for p in _raw_files(cfg, train))
 
 
+def extract_local(cfg: DictConfig) -> None:
+    """MNIST as it is distributed: a missing file whose ``.gz`` lies beside it is extracted from that (no
+    download, whatever ``data.download`` says); one that cannot be is a DataError naming it."""
+    for train in (True, False):
+        for path in _raw_files(cfg, train):
+            packed = path.with_name(path.name + ".gz")
+            if path.exists() or not packed.is_file():
+                continue
+            try:
+                with gzip.open(packed, "rb") as f:
+                    runfiles.write_atomic(path, f.read())
+            except (OSError, EOFError, zlib.error) as err:
+                raise DataError(f"data.root={cfg.root!r}: {packed.name} in {raw_folder(cfg)} cannot be "
+                                f"extracted ({_last_line(err)}); extract it there, or remove it") from err
+
+
 def check(cfg: DictConfig) -> None:
     """Raises DataError for a wrong ``conf/data`` value, missing files that may not be downloaded, or a file
     that is not a whole IDX file of its kind (a regular file, 28x28 images, at least one example, labels
@@ -152,6 +172,7 @@ def check(cfg: DictConfig) -> None:
         raise DataError(f"data.name={cfg.name!r}: unknown; allowed: {', '.join(DATASETS)}")
     if not isinstance(cfg.download, bool):
         raise DataError(f"data.download={cfg.download!r}: must be true or false")
+    extract_local(cfg)
     if not files_present(cfg):
         if cfg.download:
             return

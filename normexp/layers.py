@@ -10,6 +10,7 @@ Each is the paper's formula written out in plain torch operations, so that it ru
 from __future__ import annotations
 
 import abc
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -132,12 +133,16 @@ class CustomNorm(abc.ABC):  # noqa: B024 (no abstract methods: a virtual base cl
     ``isinstance(module, CustomNorm)`` finds, so that their parameters are treated as a norm layer's."""
 
 
+class NotAModule(TypeError):
+    """A custom norm's target that built something other than a torch.nn.Module."""
+
+
 def build_custom(target: str, kwargs: Mapping[str, Any], num_channels: int) -> nn.Module:
     """``target(num_channels=num_channels, **kwargs)`` through Hydra's instantiate (``target`` an import path
     to a torch.nn.Module class or to a function returning a module)."""
     layer = instantiate({"_target_": target, **kwargs}, num_channels=num_channels, _convert_="all")
     if not isinstance(layer, nn.Module):
-        raise TypeError(f"built a {type(layer).__name__}, not a torch.nn.Module")
+        raise NotAModule(f"built a {type(layer).__name__}, not a torch.nn.Module")
     CustomNorm.register(type(layer))
     return layer
 
@@ -161,16 +166,25 @@ def custom_problems(target: Any, kwargs: Any, channel_counts: Sequence[int]) -> 
     if "num_channels" in kwargs:
         return ["norm.kwargs.num_channels: normexp passes each layer's channel count itself; leave it out"]
     try:
-        _locate(target)
+        found = _locate(target)
     except Exception as err:  # noqa: BLE001 (whatever importing the user's module raises)
         return [f"{key}: does not import ({_reason(err, root=False)})"]
     generator = torch.Generator().manual_seed(0)
     for c in channel_counts:
+        call = f"{target}(num_channels={c}, **norm.kwargs)"
+        try:
+            inspect.signature(found).bind(num_channels=c, **kwargs)
+        except TypeError as err:
+            return [f"{key}: cannot be called as {call}: it must accept num_channels ({_reason(err)})"]
+        except ValueError:
+            pass  # no signature to read (a builtin): building it tells
         try:
             layer = build_custom(target, kwargs, c)
-        except Exception as err:  # noqa: BLE001
-            return [f"{key}: cannot be built as {target}(num_channels={c}, **norm.kwargs): it must accept "
-                    f"num_channels ({_reason(err)})"]
+        except NotAModule as err:
+            return [f"{key}: {call} {err}"]
+        except Exception as err:  # noqa: BLE001 (whatever the user's layer raises)
+            where = f"{target}.__init__" if isinstance(found, type) else target
+            return [f"{key}: {call} fails: {where} raised {_reason(err)}"]
         x = torch.randn(2, c, 3, 3, generator=generator)
         try:
             with torch.no_grad():

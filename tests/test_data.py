@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -221,3 +222,23 @@ def test_bad_data_contents_are_one_line_before_any_folder(tmp_path):
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.strip().splitlines() == [f"normexp: error: {message}"]
         assert not out.exists()
+
+
+def test_mnist_as_distributed_gz_files_are_extracted_not_downloaded(tmp_path):
+    root = write_mnist(tmp_path / "gz")
+    raw = root / "MNIST" / "raw"
+    originals = {p.name: p.read_bytes() for p in raw.iterdir()}
+    for name, content in originals.items():
+        (raw / f"{name}.gz").write_bytes(gzip.compress(content))
+        (raw / name).unlink()
+    data.check(data_cfg(root, download=False))
+    assert {name: (raw / name).read_bytes() for name in originals} == originals
+    torn = write_mnist(tmp_path / "torn") / "MNIST" / "raw"
+    packed = gzip.compress((torn / "train-images-idx3-ubyte").read_bytes())
+    (torn / "train-images-idx3-ubyte.gz").write_bytes(packed[: len(packed) // 2])
+    (torn / "train-images-idx3-ubyte").unlink()
+    with pytest.raises(data.DataError) as err:
+        data.check(data_cfg(tmp_path / "torn", download=True))
+    assert str(err.value) == (
+        f"data.root='{tmp_path / 'torn'}': train-images-idx3-ubyte.gz in {torn} cannot be extracted "
+        "(Compressed file ended before the end-of-stream marker was reached); extract it there, or remove it")

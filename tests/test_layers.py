@@ -290,12 +290,13 @@ def test_a_custom_class_builds_with_its_kwargs_and_counts_as_a_norm_layer():
     ("RMSNorm", {}, "norm.target='RMSNorm': must be the import path", ""),
     ("nopkg.layers.MyNorm", {}, "norm.target='nopkg.layers.MyNorm': does not import (", "nopkg"),
     (f"{HERE}.Nope", {}, f"norm.target='{HERE}.Nope': does not import (", "Nope"),
-    ("torch.nn.BatchNorm2d", {}, "norm.target='torch.nn.BatchNorm2d': cannot be built as "
+    ("torch.nn.BatchNorm2d", {}, "norm.target='torch.nn.BatchNorm2d': cannot be called as "
      "torch.nn.BatchNorm2d(num_channels=20, **norm.kwargs): it must accept num_channels (", "num_channels"),
-    (f"{HERE}.RMSNorm", {"epsilon": 1}, f"norm.target='{HERE}.RMSNorm': cannot be built as", "epsilon"),
-    (f"{HERE}.Breaks", {}, f"norm.target='{HERE}.Breaks': cannot be built as {HERE}.Breaks(num_channels=500",
-     "too many channels"),
-    (f"{HERE}.not_a_module", {}, f"norm.target='{HERE}.not_a_module': cannot be built", "not a torch.nn"),
+    (f"{HERE}.RMSNorm", {"epsilon": 1}, f"norm.target='{HERE}.RMSNorm': cannot be called as", "epsilon"),
+    (f"{HERE}.Breaks", {}, f"norm.target='{HERE}.Breaks': {HERE}.Breaks(num_channels=500, **norm.kwargs) "
+     f"fails: {HERE}.Breaks.__init__ raised ", "too many channels"),
+    (f"{HERE}.not_a_module", {}, f"norm.target='{HERE}.not_a_module': {HERE}.not_a_module(num_channels=20, "
+     "**norm.kwargs) built a", "not a torch.nn"),
     (f"{HERE}.Squeezes", {}, f"norm.target='{HERE}.Squeezes': its forward pass on a (2, 20, 3, 3) input "
      "gives (2, 3, 3), not the same shape", ""),
     (f"{HERE}.FailsForward", {}, f"norm.target='{HERE}.FailsForward': its forward pass on a (2, 20, 3, 3) "
