@@ -72,8 +72,8 @@ VALUE_CASES = {  # the other values, checked in-process by the same function (no
                               "torch.nn.Module class, e.g. mypkg.layers.MyNorm"),
     "custom wrong signature": (["norm=custom", "norm.target=torch.nn.ReLU", "+norm.kwargs.inplace=true"],
                                "norm.target='torch.nn.ReLU': cannot be called as torch.nn.ReLU(num_channels="
-                               "20, **norm.kwargs): it must accept num_channels (TypeError: got an unexpected "
-                               "keyword argument 'num_channels')"),
+                               "20, **norm.kwargs): it must accept num_channels (TypeError: got an "
+                               "unexpected keyword argument 'num_channels')"),
 }
 
 

@@ -452,24 +452,29 @@ def test_a_crafted_checkpoint_never_runs_in_a_run_a_sweep_or_a_seed(completed, t
     craft(single, proof)
     sweep = tmp_path / "sweep"
     sweep_args = ["-m", f"hydra.sweep.dir={sweep}", f"data.root={data}", *QUIET, "batch_size=40",
-                  "norm=gn,bn"]
+                  "norm=gn,bn,none"]
     assert run_cli(*sweep_args, "train.epochs=1").returncode == 0
-    first, second = sorted(p for p in sweep.iterdir() if p.is_dir())
+    first, second, third = sorted(p for p in sweep.iterdir() if p.is_dir())
     craft(second, proof)
+    whole = (third / runfiles.CHECKPOINT).read_bytes()
+    (third / runfiles.CHECKPOINT).write_bytes(whole[: len(whole) // 2])  # a torn checkpoint, in the last job
     seeded = tmp_path / "seeded"
     assert run_cli(*args(seeded, data, train__seeds="[0,1]")).returncode == 0
     craft(seeded / "seed=1", proof)
     results = [run_cli(*args(single, data)), run_cli(*sweep_args, "train.epochs=2"),
                run_cli(*args(seeded, data, train__seeds="[0,1]"))]
-    lines = [error_line(r) for r in results]
     assert [r.returncode for r in results] == [2, 2, 2]
+    *sweep_lines, torn = results[1].stderr.strip().splitlines()  # every job checked before the first starts
+    results[1].stderr = "\n".join(sweep_lines)
+    lines = [error_line(r) for r in results]
     for line, folder in zip(lines, (single, second, seeded / "seed=1"), strict=True):
         assert line.startswith(f"{folder / runfiles.CHECKPOINT}: not normexp's checkpoint (NotACheckpoint: "
                                "it holds more than tensors and plain values, which normexp never unpickles: ")
         assert "GLOBAL posix.system" in line or "GLOBAL os.system" in line, line
+    assert torn.startswith(f"normexp: error: {third / runfiles.CHECKPOINT}: unreadable (")
     assert not proof.exists()
     assert summary(first)["epochs_run"] == 1  # the sweep stopped before its first job trained
-    print("\n".join(lines))
+    print("\n".join([*lines, torn]))
 
 
 def test_links_out_of_a_run_folder_are_never_followed(completed, tmp_path):
