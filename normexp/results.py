@@ -184,7 +184,10 @@ def _note_jobs_not_started(sweep_dir: Path, skipped: list[str]) -> None:
 
 def read_run(run_dir: Path) -> dict[str, Any]:
     """One run folder: its settings (one value each), its metrics rows and its configuration."""
-    summary = runfiles.read_summary(run_dir)  # before the metrics: a finished run's are final
+    try:
+        summary = runfiles.read_summary(run_dir)  # before the metrics: a finished run's are final
+    except ValueError as err:
+        raise ValueError(f"{runfiles.SUMMARY}: {err}") from err
     marker = _read_object(runfiles.inside(run_dir, runfiles.MARKER))
     if summary is not None and "config" in summary:
         cfg = OmegaConf.create(summary["config"])

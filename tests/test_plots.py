@@ -146,8 +146,8 @@ def test_script_skips_a_malformed_run_and_never_writes_through_a_link(sweep, tmp
     proc = plot_sweep(sweep)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
-    assert (f"plot_sweep: {bad}: unreadable, left out (ValueError: epochs_run is 'two'; allowed: an "
-            "integer)") in lines
+    assert (f"plot_sweep: {bad}: unreadable, left out (ValueError: summary.json: epochs_run is 'two'; "
+            "allowed: an integer)") in lines
     assert any(line.startswith(f"plot_sweep: {elsewhere}: unreadable, left out (LinkOut: ") for line in lines)
     assert precious.read_bytes() == b"keep me"
     assert not (sweep / "bs-8.png").is_symlink() and (sweep / "bs-8.png").read_bytes().startswith(b"\x89PNG")

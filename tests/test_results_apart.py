@@ -88,8 +88,8 @@ def test_corrupt_and_foreign_runs_are_left_out_with_a_reason(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.splitlines()
-    assert f"plot_sweep: {listed}: unreadable, left out (ValueError: summary.json holds a JSON list, not " \
-           "normexp's object)" in lines
+    assert f"plot_sweep: {listed}: unreadable, left out (ValueError: summary.json: a JSON list, not " \
+           "normexp's summary)" in lines
     assert f"plot_sweep: {shape}: unreadable, left out (ValueError: metrics.csv has the columns step, " \
            "accuracy: not normexp's (no epoch, train_loss, train_error, val_loss, val_error))" in lines
     assert f"plot_sweep: {words}: unreadable, left out (ValueError: metrics.csv, column train_error: " \
