@@ -108,6 +108,8 @@ def shippable(folder: Path, names: tuple[str, ...], paths: dict[str, str]) -> di
 def ship(sweep: Path, dest: Path) -> tuple[list[Path], list[str]]:
     """The runs of ``sweep`` copied into ``dest`` (their new folders), and a line for each run left out."""
     shipped, left_out, paths = [], [], {str(Path.cwd()): "."}  # for multirun.yaml: every run's, and its own
+    left_out += [f"{link}: a symbolic link to a folder (to {os.readlink(link)}), not followed" for link in
+                 sorted(sweep.rglob("*")) if link.is_symlink() and link.is_dir()]
     for run_dir in results.find_run_dirs(sweep):  # real folders only: a link may lead anywhere
         try:
             status = (runfiles.read_summary(run_dir) or {}).get("status", "not started")

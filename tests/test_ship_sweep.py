@@ -127,8 +127,10 @@ def test_only_real_files_of_real_folders_ship_and_no_machine_path_is_left(sweep,
     dest = tmp_path / "shipped"
     proc = ship(sweep, dest)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == {"shipped": 1, "left_out": 3, "to": str(dest)}
+    assert json.loads(proc.stdout) == {"shipped": 1, "left_out": 5, "to": str(dest)}
     lines = proc.stderr.splitlines()
+    for name, target in (("itself", sweep), ("linked", outside)):
+        assert f"ship_sweep: {sweep / name}: a symbolic link to a folder (to {target}), not followed" in lines
     assert f"ship_sweep: {bn}: not shipped ({bn / runfiles.METRICS} is a symbolic link (to /etc/passwd): " \
            "only real files ship)" in lines
     assert f"ship_sweep: {odd}: not shipped ({odd / runfiles.MARKER} holds the machine path " \
