@@ -88,10 +88,6 @@ def exit_with(found: list[str]) -> None:
         sys.exit(2)
 
 
-def exit_if_unknown_choice(args: list[str]) -> None:
-    exit_with(unknown_choices(args))
-
-
 def check_command_line(args: list[str]) -> None:
     """One line, exit 2, for a command line Hydra would refuse with a many-line message: an unknown choice
     (``norm=foo``) or a key the config lacks or cannot take (``norm.groups=2`` with ``norm=bn``)."""

@@ -20,6 +20,9 @@ NOT_RESULT_KEYS = (
 )
 NOT_RESULT_PREFIXES = ("logger.", "hydra.")  # the logger only writes more files
 LENGTH_KEYS = ("train.epochs", "train.max_epochs_by_batch_size")  # change a result table, not a run
+# Of those, the keys a sweep job's folder name still shows (conf/config.yaml's exclude_keys are the others,
+# with experiment and the logger's; a test pins them): a job of train.seeds and an epoch cap are other folders
+NAMED_IN_FOLDERS = ("train.max_epochs_by_batch_size", "train.seeds")
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

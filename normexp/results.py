@@ -37,10 +37,11 @@ EPOCH_COLUMNS = tuple(c for c in runfiles.METRIC_COLUMNS if c != "lr")  # lr is 
 # Settings that do not change what a run computes (where it reads data, how fast) or that the table has as
 # columns of their own; the remaining settings that differ between runs of one norm name the run's variant
 # (e.g. "gn groups=5" in the group-count sweep; "gn train.epochs=3" beside 30 epochs: never averaged).
+# what does not make a variant of a norm: the keys that change no result (the planned epochs aside: runs of
+# other lengths stay apart), the axes of the study, the evaluation batch, the protocol and the logger
 NOT_VARIANT_KEYS = (
-    "batch_size", "train.seed", "data.root", "data.download", "train.device", "train.resume", "train.fast",
-    "train.threads", "train.mkldnn", "train.progress", "train.eval_batch_size", *sweeps.PROTOCOLS["text"],
-    "logger.name", "logger.flush_secs", "logger.hparams",
+    *(k for k in fingerprint.NOT_RESULT_KEYS if k not in fingerprint.LENGTH_KEYS),
+    "batch_size", "train.seed", "train.eval_batch_size", *sweeps.PROTOCOLS["text"],
 )
 NOT_STARTED_COLUMNS = ["sweep_dir", "job", "norm", "batch_size", "seed", "protocol"]
 PLAN_ERRORS = (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException, HydraException)
@@ -267,27 +268,18 @@ def run_settings(run_dir: Path, cfg: DictConfig, summary: dict[str, Any] | None)
 def variants(configs: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Per run folder: the norm name, plus the settings in which the runs of that norm differ, as in
     "gn groups=5" (settings in ``NOT_VARIANT_KEYS`` and settings some runs lack are not counted)."""
-    flat = {run_dir: _flatten(config) for run_dir, config in configs.items()}
+    flat = {run_dir: fingerprint.flatten(config) for run_dir, config in configs.items()}
     by_norm: dict[str, list[str]] = {}
     for run_dir, settings in flat.items():
         by_norm.setdefault(settings["norm.name"], []).append(run_dir)
     names = {}
     for name, run_dirs in by_norm.items():
-        keys = set.intersection(*(set(flat[d]) for d in run_dirs)) - set(NOT_VARIANT_KEYS)
+        keys = {k for k in set.intersection(*(set(flat[d]) for d in run_dirs)) - set(NOT_VARIANT_KEYS)
+                if not k.startswith(fingerprint.NOT_RESULT_PREFIXES)}
         varying = sorted(k for k in keys if len({json.dumps(flat[d][k]) for d in run_dirs}) > 1)
         for d in run_dirs:
             names[d] = " ".join([name, *(f"{k.removeprefix('norm.')}={flat[d][k]}" for k in varying)])
     return names
-
-
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value and key != "max_epochs_by_batch_size":
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def runs(df: pd.DataFrame) -> pd.DataFrame:

@@ -147,17 +147,13 @@ def timed(work: Work, units: int) -> float:
         work.epoch += 1
     batches, work.batches = work.batches[:units], work.batches[units:]
     sync = loop.steps_per_sync(cfg.batch_size, cfg.train.fast)
-    diverged = getattr(loop, "Diverged", ())  # normexp.train's flush raises it, normexp.steps' returns it
     s.model.train()
     start = time.perf_counter()
     for i in range(0, units, sync):
         epoch_log = loop.EpochLog()
         chunk = batches[i : i + sync]
         loop.train_steps(s.model, s.optimizer, s.train_set, chunk, epoch_log, fmt, first_step=work.step)
-        try:
-            bad = epoch_log.flush(cfg.train.max_loss, work.step + 1, 1)
-        except diverged as err:
-            bad = err
+        bad = epoch_log.flush(cfg.train.max_loss, work.step + 1, 1)
         work.step += len(chunk)
         work.diverged |= bad is not None
     seconds = time.perf_counter() - start
