@@ -453,16 +453,16 @@ def test_a_crafted_checkpoint_never_runs_in_a_run_a_sweep_or_a_seed(completed, t
     sweep = tmp_path / "sweep"
     sweep_args = ["-m", f"hydra.sweep.dir={sweep}", f"data.root={data}", *QUIET, "batch_size=40",
                   "norm=gn,bn,none"]
-    assert run_cli(*sweep_args, "train.epochs=1").returncode == 0
+    seeded = tmp_path / "seeded"
+    made = run_cli_many([[*sweep_args, "train.epochs=1"], args(seeded, data, train__seeds="[0,1]")])
+    assert [r.returncode for r in made] == [0, 0], [r.stderr for r in made]
     first, second, third = sorted(p for p in sweep.iterdir() if p.is_dir())
     craft(second, proof)
     whole = (third / runfiles.CHECKPOINT).read_bytes()
     (third / runfiles.CHECKPOINT).write_bytes(whole[: len(whole) // 2])  # a torn checkpoint, in the last job
-    seeded = tmp_path / "seeded"
-    assert run_cli(*args(seeded, data, train__seeds="[0,1]")).returncode == 0
     craft(seeded / "seed=1", proof)
-    results = [run_cli(*args(single, data)), run_cli(*sweep_args, "train.epochs=2"),
-               run_cli(*args(seeded, data, train__seeds="[0,1]"))]
+    results = run_cli_many([args(single, data), [*sweep_args, "train.epochs=2"],
+                            args(seeded, data, train__seeds="[0,1]")])
     assert [r.returncode for r in results] == [2, 2, 2]
     *sweep_lines, torn = results[1].stderr.strip().splitlines()  # every job checked before the first starts
     results[1].stderr = "\n".join(sweep_lines)
