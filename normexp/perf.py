@@ -27,7 +27,7 @@ batch norm's CPU kernels and the pooling layers lose some of it again: it pays f
 thread pays from batch size 2 on (at 1 it wins or loses by 15-20 % from one measurement to the next, so one
 thread, which cannot stall on a busy sibling core); but two jobs side by side, one core each, use the machine
 better than one job on two threads, so "auto" gives each job its share of the cores
-(``launchers.parallel_jobs`` counts the jobs).
+(``parallel_jobs`` counts the jobs).
 """
 
 from __future__ import annotations
@@ -91,6 +91,26 @@ class CpuSettings:
 
 def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def parallel_jobs() -> int:
+    """How many jobs of this sweep the launcher runs at once on this machine (1 outside a sweep)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        launcher = HydraConfig.get().launcher
+    except (ImportError, ValueError):
+        return 1
+    target = str(launcher.get("_target_", ""))
+    if "joblib" in target.lower():
+        n_jobs = launcher.get("n_jobs", -1)
+        return available_cores() if n_jobs is None or n_jobs < 1 else n_jobs
+    if "LocalLauncher" in target:
+        # submitit's local launcher starts every job of the sweep at once: the box is shared by as many jobs
+        # as it has cores, or by as many as fit when each asks for cpus_per_task
+        cpus = launcher.get("cpus_per_task")
+        return max(1, available_cores() // cpus) if cpus else available_cores()
+    return 1
 
 
 # CPU features that decide which kernels torch and oneDNN run (and so how float32 sums are ordered)

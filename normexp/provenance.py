@@ -1,12 +1,12 @@
 """Where a run's numbers came from: normexp's version and commit, torch, oneDNN, the CPU and the GPU that
-trained it, if any. A run records one
-entry per process that trained it (a resume on another machine adds one), so that shipped results say what
-made them."""
+trained it, if any, and the memory it took. A run records one entry per process that trained it (a resume on
+another machine adds one), so that shipped results say what made them."""
 
 from __future__ import annotations
 
 import functools
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +51,16 @@ def extended(previous: list[dict[str, Any]] | None,
     entries = list(previous or [])
     now = current(device)
     return entries if entries and entries[-1] == now else [*entries, now]
+
+
+def peak_rss_mb() -> float:
+    """This process's largest resident set so far, in MB: Linux's VmHWM, or getrusage's maxrss elsewhere
+    (on Linux a child's maxrss also counts the resident set its parent had when it forked)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        import resource
+
+        per_mb = 2**20 if sys.platform == "darwin" else 2**10  # macOS reports bytes, others kilobytes
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / per_mb

@@ -25,9 +25,7 @@ from tqdm import tqdm
 
 from normexp import (
     data,
-    launchers,
     logger,
-    memory,
     norm,
     optim,
     perf,
@@ -175,7 +173,7 @@ class Trainer:
         self.sync_every = steps.steps_per_sync(cfg.batch_size, cfg.train.fast)
         self.schedule = norm.schedule(cfg.norm)
         self.schedule_values: dict[str, float] = {}  # what the schedule set last, as metrics columns
-        self.jobs = launchers.parallel_jobs() if jobs is None else jobs
+        self.jobs = perf.parallel_jobs() if jobs is None else jobs
         self.show_bar = sys.stderr.isatty() if self.tc.progress == "auto" else bool(self.tc.progress)
         self.setup: Setup | None = None
         self.provenance: list[dict[str, Any]] = []  # what trained the run, one entry per machine and version
@@ -410,7 +408,7 @@ class Trainer:
             "mkldnn": s.cpu.mkldnn, "fast": self.tc.fast, "channels_last": s.cpu.channels_last,
             "cpu_settings_from": s.cpu.source, "eval_cpu_settings": s.eval_cpu.as_dict(),
             "protocol": sweeps.protocol_name(protocol), "protocol_settings": protocol,
-            "peak_rss_mb": round(memory.peak_rss_mb(), 1), "provenance": self.provenance,
+            "peak_rss_mb": round(provenance.peak_rss_mb(), 1), "provenance": self.provenance,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             **({"pack": state.pack} if state.pack else {}), **extra,
         }

@@ -52,7 +52,7 @@ import torch.nn.functional as F  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from normexp import data, memory, norm, optim, perf, runfiles, seeds, trainer, validation  # noqa: E402
+from normexp import data, norm, optim, perf, provenance, runfiles, seeds, trainer, validation  # noqa: E402
 from normexp.model import LeNet  # noqa: E402
 from normexp.runstate import RunState  # noqa: E402
 from normexp.trainer import Trainer  # noqa: E402
@@ -361,7 +361,7 @@ def probe(norm_name: str, batch_size: int, args: argparse.Namespace, data_root: 
         "eval_seconds": eval_seconds, "test_size": len(loop.setup.test_set),
         "train_size": len(loop.setup.train_set),
         "checkpoint_seconds": save_seconds, "startup_seconds": startup,
-        "peak_rss_mb": memory.peak_rss_mb(),
+        "peak_rss_mb": provenance.peak_rss_mb(),
         "settings": asdict(loop.setup.cpu),
     }  # fmt: skip
 

@@ -11,9 +11,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "normexp"
 # each module may import only modules of earlier layers
 LAYERS = [
-    {"validation", "runfiles", "sweeps", "memory", "layers", "fingerprint", "stopping", "writeup"},
+    {"validation", "runfiles", "sweeps", "layers", "fingerprint", "stopping", "writeup"},
     {"data", "model", "norm", "optim", "perf", "results", "status", "logger", "claims"},
-    {"steps", "plots", "launchers", "runguard", "provenance"},
+    {"steps", "plots", "runguard", "provenance"},
     {"runstate", "pack"},
     {"trainer"},
     {"seeds"},

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import torch
 from helpers import compose_config
 
@@ -47,3 +50,25 @@ def test_a_run_records_its_provenance_and_a_resume_on_other_machine_adds_to_it(t
     monkeypatch.setattr(provenance, "current", lambda device=None: moved)
     resumed = Trainer(cfg(3), tmp_path, jobs=1).fit().summary
     assert resumed["epochs_run"] == 3 and resumed["provenance"] == [*first["provenance"], moved]
+
+
+def test_peak_rss_is_this_processs_high_water_mark():
+    code = ("import torch; from normexp import provenance; before = provenance.peak_rss_mb(); "
+            "block = torch.ones(2**26); print(before, provenance.peak_rss_mb())")  # 256 MB touched
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after = map(float, done.stdout.split())
+    assert 0 < before < after and after - before >= 240
+
+
+def test_peak_rss_without_proc_falls_back_to_getrusage(monkeypatch):
+    real_open = open
+
+    def no_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc/"):
+            raise OSError("no /proc here")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_proc)
+    fallback = provenance.peak_rss_mb()
+    monkeypatch.undo()
+    assert 0.5 * provenance.peak_rss_mb() < fallback < 2 * provenance.peak_rss_mb() + 100  # MB, not KB or GB
