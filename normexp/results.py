@@ -10,6 +10,7 @@ with ``epoch`` missing, so that it is never silently lost.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -23,7 +24,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from normexp import fingerprint, runfiles, sweeps, writeup
+from normexp import runfiles, sweeps
 
 # still running, or killed or failed while running (summary.json says "running" or "failed", or there is none)
 UNFINISHED = "unfinished"
@@ -40,7 +41,7 @@ EPOCH_COLUMNS = tuple(c for c in runfiles.METRIC_COLUMNS if c != "lr")  # lr is 
 # what does not make a variant of a norm: the keys that change no result (the planned epochs aside: runs of
 # other lengths stay apart), the axes of the study, the evaluation batch, the protocol and the logger
 NOT_VARIANT_KEYS = (
-    *(k for k in fingerprint.NOT_RESULT_KEYS if k not in fingerprint.LENGTH_KEYS),
+    *(k for k in runfiles.NOT_RESULT_KEYS if k not in runfiles.LENGTH_KEYS),
     "batch_size", "train.seed", "train.eval_batch_size", *sweeps.PROTOCOLS["text"],
 )
 NOT_STARTED_COLUMNS = ["sweep_dir", "job", "norm", "batch_size", "seed", "protocol"]
@@ -198,9 +199,9 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     if metrics.empty:
         metrics = pd.DataFrame({c: [math.nan] for c in EPOCH_COLUMNS})
     config = OmegaConf.to_container(cfg, resolve=False)
-    if fingerprint.data_id(marker) is not None:  # runs on other data files are other variants
-        config["data"]["files"] = fingerprint.data_id(marker)
-    settings = run_settings(run_dir, cfg, summary) | {"train_digits": fingerprint.train_digits(marker)}
+    if runfiles.data_id(marker) is not None:  # runs on other data files are other variants
+        config["data"]["files"] = runfiles.data_id(marker)
+    settings = run_settings(run_dir, cfg, summary) | {"train_digits": runfiles.train_digits(marker)}
     return {"settings": settings, "metrics": metrics, "config": config,
             "identity": identity(cfg, marker)}
 
@@ -238,12 +239,12 @@ def identity(cfg: DictConfig, marker: dict[str, Any] | None) -> str:
         settings = marker["config"]
     else:
         try:
-            settings = fingerprint.result_settings(OmegaConf.to_container(cfg, resolve=True))
+            settings = runfiles.result_settings(OmegaConf.to_container(cfg, resolve=True))
         except OmegaConfBaseException:
-            settings = fingerprint.result_settings(OmegaConf.to_container(cfg, resolve=False))
+            settings = runfiles.result_settings(OmegaConf.to_container(cfg, resolve=False))
     length = {key: OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, key)}))["v"]
-              for key in fingerprint.LENGTH_KEYS}
-    return json.dumps([settings, fingerprint.data_id(marker), length], sort_keys=True, default=str)
+              for key in runfiles.LENGTH_KEYS}
+    return json.dumps([settings, runfiles.data_id(marker), length], sort_keys=True, default=str)
 
 
 def run_settings(run_dir: Path, cfg: DictConfig, summary: dict[str, Any] | None) -> dict[str, Any]:
@@ -268,14 +269,14 @@ def run_settings(run_dir: Path, cfg: DictConfig, summary: dict[str, Any] | None)
 def variants(configs: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Per run folder: the norm name, plus the settings in which the runs of that norm differ, as in
     "gn groups=5" (settings in ``NOT_VARIANT_KEYS`` and settings some runs lack are not counted)."""
-    flat = {run_dir: fingerprint.flatten(config) for run_dir, config in configs.items()}
+    flat = {run_dir: runfiles.flatten(config) for run_dir, config in configs.items()}
     by_norm: dict[str, list[str]] = {}
     for run_dir, settings in flat.items():
         by_norm.setdefault(settings["norm.name"], []).append(run_dir)
     names = {}
     for name, run_dirs in by_norm.items():
         keys = {k for k in set.intersection(*(set(flat[d]) for d in run_dirs)) - set(NOT_VARIANT_KEYS)
-                if not k.startswith(fingerprint.NOT_RESULT_PREFIXES)}
+                if not k.startswith(runfiles.NOT_RESULT_PREFIXES)}
         varying = sorted(k for k in keys if len({json.dumps(flat[d][k]) for d in run_dirs}) > 1)
         for d in run_dirs:
             names[d] = " ".join([name, *(f"{k.removeprefix('norm.')}={flat[d][k]}" for k in varying)])
@@ -302,7 +303,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
                 "final_val_error_min": errors.min(), "final_val_error_max": errors.max()}
         row["status"] = (counts.index[0] if len(counts) == 1
                          else ", ".join(f"{row[s]} {s}" for s in STATUSES if row[s]))
-        row["comparable"] = bool(writeup.comparable(group).all())
+        row["comparable"] = bool(comparable(group).all())
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
@@ -314,8 +315,8 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def _beside_the_writeup(table: pd.DataFrame) -> pd.DataFrame:
     """The writeup's value (``writeup``: as read off; ``writeup_error``) and ours minus it (``writeup_diff``,
-    mean final error) in the rows whose runs are comparable with the writeup's (``writeup.comparable``)."""
-    table = table.merge(writeup.final_errors(), on=["norm", "batch_size"], how="left")
+    mean final error) in the rows whose runs are comparable with the writeup's (``comparable``)."""
+    table = table.merge(writeup_final_errors(), on=["norm", "batch_size"], how="left")
     table.loc[~table["comparable"], ["writeup", "writeup_error"]] = [None, float("nan")]
     table["writeup_diff"] = table["final_val_error_mean"] - table["writeup_error"]
     return table
@@ -394,3 +395,36 @@ def latest_sweep(root: str | Path = "outputs/sweeps", prefix: str = "mcn_sweep_"
     root = Path(root)
     found = sorted(p for p in root.glob(f"{prefix}*") if p.is_dir()) if root.is_dir() else []
     return found[-1] if found else None
+
+
+# ---------------------------------------------------------------- the writeup's own results
+
+WRITEUP_CSV = Path(__file__).with_name("writeup.csv")  # its final errors, read off its figures
+WRITEUP_TRAIN_DIGITS = 60_000  # the complete MNIST training set
+WRITEUP_PRESET = Path(__file__).resolve().parents[1] / "conf" / "experiment" / "mcn_sweep.yaml"  # its epochs
+
+
+@functools.cache
+def _writeup_epochs() -> tuple[Any, Any]:
+    train = (yaml.safe_load(WRITEUP_PRESET.read_text()) or {}).get("train") or {}
+    return train.get("epochs"), train.get("max_epochs_by_batch_size")
+
+
+def writeup_epochs(batch_size: int) -> int | None:
+    """How many epochs the writeup trained at ``batch_size``: what its preset, ``mcn_sweep``, plans."""
+    return sweeps.planned_epochs(*_writeup_epochs(), int(batch_size))
+
+
+def writeup_final_errors() -> pd.DataFrame:
+    """norm, batch_size, writeup (the text as read off: a number in %, "div", or "" for no run) and
+    writeup_error (as a fraction, like normexp's errors; NaN unless a number)."""
+    table = pd.read_csv(WRITEUP_CSV, comment="#", dtype={"writeup": str}, keep_default_na=False)
+    table["writeup_error"] = pd.to_numeric(table["writeup"], errors="coerce") / 100
+    return table
+
+
+def comparable(runs: pd.DataFrame) -> pd.Series:
+    """Per run (``runs`` rows): trained on the writeup's data for the writeup's number of epochs."""
+    planned = runs["batch_size"].map(writeup_epochs)
+    data = (runs["data"] == "mnist") & (runs["train_digits"] == WRITEUP_TRAIN_DIGITS)
+    return data & (runs["epochs"] == planned)

@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from normexp import data, fingerprint, perf, runfiles, sweeps
+from normexp import data, perf, runfiles, sweeps
 from normexp.runfiles import RunFolderError
 
 LOCK = runfiles.LOCK
@@ -49,8 +49,8 @@ class Busy(RunFolderError):
 def marker(cfg: DictConfig) -> dict[str, Any]:
     """What a run of ``cfg`` (the task's config, without Hydra's node) is, as normexp.json records it."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    return {"format": fingerprint.FORMAT, "normexp": perf.normexp_version(),
-            "config": fingerprint.result_settings(config), "data": data.fingerprint(cfg.data),
+    return {"format": runfiles.MARKER_FORMAT, "normexp": perf.normexp_version(),
+            "config": runfiles.result_settings(config), "data": data.fingerprint(cfg.data),
             "protocol": sweeps.protocol_name(sweeps.protocol_settings(cfg))}
 
 
@@ -119,7 +119,7 @@ def _recorded(run_dir: Path, now: dict[str, Any]) -> dict[str, Any]:
                              f"or {START_OVER}")
     _note(run_dir, f"{run_dir}: no {runfiles.MARKER} (a run from before it existed): compared with the "
                    "config in its summary.json; its data files are taken to be the same")
-    return {"config": fingerprint.result_settings(config), "data": now["data"]}
+    return {"config": runfiles.result_settings(config), "data": now["data"]}
 
 
 def check(run_dir: Path, now: dict[str, Any], where: str = "hydra.run.dir") -> None:
@@ -138,7 +138,7 @@ def check(run_dir: Path, now: dict[str, Any], where: str = "hydra.run.dir") -> N
         if checkpoint is None or read_json(run_dir / runfiles.MARKER, "normexp's marker") is None:
             raise
         _set_summary_aside(run_dir)
-    differ = fingerprint.differences(_recorded(run_dir, now), now)
+    differ = runfiles.differences(_recorded(run_dir, now), now)
     if differ:
         raise RunFolderError(f"{run_dir}: holds another run ({'; '.join(differ)}); use another {where} for "
                              f"this one, or {START_OVER}")

@@ -22,8 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from normexp import data, norm, pack, perf, runfiles, runguard, steps, validation
-from normexp.runstate import RunState
-from normexp.trainer import Outcome, Progress, Trainer, resolve_device
+from normexp.trainer import Outcome, Progress, RunState, Trainer, resolve_device
 
 log = logging.getLogger("normexp")
 

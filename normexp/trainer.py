@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,18 +37,12 @@ from normexp import (
     validation,
 )
 from normexp.model import LeNet
-from normexp.runstate import RunState
+from normexp.steps import EpochLog
 
 log = logging.getLogger("normexp")
 
 DEVICES = ("auto", "cpu", "cuda")
 LOG_EVERY_SECONDS = 30  # without a progress bar: a line about the epoch this often
-
-
-def planned_epochs(cfg: DictConfig, batch_size: int) -> int:
-    """``train.epochs``, capped at some batch sizes by ``train.max_epochs_by_batch_size``."""
-    cap = cfg.max_epochs_by_batch_size.get(batch_size)
-    return cfg.epochs if cap is None else min(cfg.epochs, cap)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -126,6 +120,54 @@ def set_up(cfg: DictConfig, jobs: int, kept: dict[str, Any] | None = None,
     return Setup(device, cpu, eval_cpu, train_set, test_set, model, optimizer, lr)
 
 
+@dataclass
+class RunState:
+    """What a checkpoint holds besides the model and the optimizer."""
+
+    epoch: int = 0  # the epoch in progress, from 0
+    batch: int = 0  # its batches done
+    step: int = 0  # SGD steps done in all
+    rows: list[dict[str, Any]] = field(default_factory=list)  # metrics of the finished epochs
+    wall_seconds: float = 0.0  # of every session, up to the last reading of the clock
+    epoch_seconds: float = 0.0  # training time of this epoch in earlier sessions
+    cpu_settings: dict[str, Any] = field(default_factory=dict)  # what it runs with, by "train" and "eval"
+    pack: dict[str, Any] = field(default_factory=dict)  # a seed of train.seeds: how its seeds ran
+    epoch_log: EpochLog = field(default_factory=EpochLog)
+
+    def new_epoch(self) -> None:
+        """The epoch in progress is done: the next one starts with an empty log."""
+        self.epoch, self.batch, self.epoch_seconds, self.epoch_log = self.epoch + 1, 0, 0.0, EpochLog()
+
+    def to_checkpoint(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": {"torch": torch.get_rng_state()},
+            **{key: getattr(self, key) for key in _PLAIN_KEYS},
+            "epoch_losses": self.epoch_log.all_losses().cpu(),
+            "epoch_wrong": self.epoch_log.wrong,
+        }
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: dict[str, Any],
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+    ) -> RunState:
+        """The state in ``checkpoint``, whose model and optimizer states are loaded into those given."""
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        log = EpochLog(checkpoint["epoch_losses"].to(device), checkpoint["epoch_wrong"])
+        # (a checkpoint from before a key was added lacks it: the default stands in)
+        return cls(**{key: checkpoint[key] for key in _PLAIN_KEYS if key in checkpoint}, epoch_log=log)
+
+
+_PLAIN_KEYS = tuple(f.name for f in fields(RunState) if f.name != "epoch_log")
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How a call of ``Trainer.fit`` ended: the run's status and summary, and the signal that stopped it."""
@@ -168,7 +210,7 @@ class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path, jobs: int | None = None) -> None:
         self.cfg, self.run_dir, self.tc = cfg, run_dir, cfg.train
         self.batch_size = cfg.batch_size
-        self.epochs = planned_epochs(cfg.train, cfg.batch_size)
+        self.epochs = sweeps.planned_epochs(self.tc.epochs, self.tc.max_epochs_by_batch_size, cfg.batch_size)
         self.lr = optim.learning_rate(cfg.optim, cfg.batch_size, norm.is_normalized(cfg.norm))
         self.sync_every = steps.steps_per_sync(cfg.batch_size, cfg.train.fast)
         self.schedule = norm.schedule(cfg.norm)

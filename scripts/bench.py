@@ -52,10 +52,9 @@ import torch.nn.functional as F  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from normexp import data, norm, optim, perf, provenance, runfiles, seeds, trainer, validation  # noqa: E402
+from normexp import data, norm, optim, perf, provenance, runfiles, seeds, sweeps, trainer, validation  # noqa: E402
 from normexp.model import LeNet  # noqa: E402
-from normexp.runstate import RunState  # noqa: E402
-from normexp.trainer import Trainer  # noqa: E402
+from normexp.trainer import RunState, Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NORMS = "none,bn,brn,gn"
@@ -93,7 +92,9 @@ def sweep_runs(data_root: Path, device: str) -> list[tuple[str, int, int]]:
     cfg = run_config("gn", 256, data_root, device, "experiment=mcn_sweep")
     params = cfg.hydra.sweeper.params
     norms, sizes = str(params["norm"]).split(","), [int(b) for b in str(params["batch_size"]).split(",")]
-    return [(n, b, trainer.planned_epochs(cfg.train, b)) for n in norms for b in sizes]
+    tc = cfg.train
+    return [(n, b, sweeps.planned_epochs(tc.epochs, tc.max_epochs_by_batch_size, b))
+            for n in norms for b in sizes]
 
 
 # ---------------------------------------------------------------- the two training loops

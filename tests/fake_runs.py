@@ -8,7 +8,7 @@ from pathlib import Path
 from helpers import compose_config
 from omegaconf import OmegaConf
 
-from normexp import fingerprint, runfiles
+from normexp import runfiles
 
 
 def make_run(
@@ -46,6 +46,6 @@ def make_run(
     runfiles.write_summary(run_dir, summary)
     if train_digits is not None:
         files = {"train-images-idx3-ubyte": {"bytes": 16 + 784 * train_digits, "sha256": "0" * 64}}
-        marker = {"format": 1, "config": fingerprint.result_settings(summary["config"]), "data": files}
+        marker = {"format": 1, "config": runfiles.result_settings(summary["config"]), "data": files}
         (run_dir / runfiles.MARKER).write_text(json.dumps(marker))
     return run_dir

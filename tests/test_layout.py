@@ -11,10 +11,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "normexp"
 # each module may import only modules of earlier layers
 LAYERS = [
-    {"validation", "runfiles", "sweeps", "layers", "fingerprint", "stopping", "writeup"},
+    {"validation", "runfiles", "sweeps", "layers", "stopping"},
     {"data", "model", "norm", "optim", "perf", "results", "status", "logger", "claims"},
     {"steps", "plots", "runguard", "provenance"},
-    {"runstate", "pack"},
+    {"pack"},
     {"trainer"},
     {"seeds"},
     {"config", "tune"},

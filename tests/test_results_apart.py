@@ -24,9 +24,8 @@ def plot_sweep(*args: Path) -> subprocess.CompletedProcess:
 def mark(run_dir: Path, files: str) -> None:
     """A marker as normexp.train writes it, with data files named ``files``."""
     cfg = json.loads((run_dir / runfiles.SUMMARY).read_text())["config"]
-    from normexp import fingerprint
 
-    marker = {"format": 1, "config": fingerprint.result_settings(cfg),
+    marker = {"format": 1, "config": runfiles.result_settings(cfg),
               "data": {"train-images-idx3-ubyte": {"bytes": 1, "sha256": files}}}
     (run_dir / runfiles.MARKER).write_text(json.dumps(marker))
 

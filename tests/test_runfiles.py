@@ -13,9 +13,11 @@ import time
 import pandas as pd
 import pytest
 import torch
-from helpers import ROOT
+import yaml
+from helpers import ROOT, compose_config
+from omegaconf import OmegaConf
 
-from normexp import runfiles
+from normexp import results, runfiles
 
 
 def rows(n: int, writer: int) -> list[dict]:
@@ -80,7 +82,7 @@ WRITER = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from normexp import runfiles
+from normexp import results, runfiles
 from test_runfiles import rows
 folder, writer, count = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 (folder / f"ready{{writer}}").touch()
@@ -180,3 +182,24 @@ def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
     with pytest.raises(pickle.UnpicklingError) as err:
         runfiles.load_checkpoint(tmp_path)
     assert "weights_only" not in str(err.value)
+
+
+def test_the_yaml_folder_names_leave_out_exactly_the_keys_that_change_no_result():
+    config = yaml.safe_load((ROOT / "conf" / "config.yaml").read_text())
+    excluded = config["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"]
+    named = set(runfiles.NOT_RESULT_KEYS) - set(excluded)
+    assert named == set(runfiles.NAMED_IN_FOLDERS)
+    others = set(excluded) - set(runfiles.NOT_RESULT_KEYS)
+    logger = {k for k in excluded if k.startswith(runfiles.NOT_RESULT_PREFIXES)}
+    assert others == {"experiment", "logger"} | logger
+
+
+def test_keys_that_change_no_result_make_no_variant():
+    def config(*overrides: str) -> dict:
+        return OmegaConf.to_container(compose_config(["norm=gn", "batch_size=4", *overrides]), resolve=True)
+
+    base, groups = config(), config("norm.groups=5")
+    packed = config("train.pack_size=3", "train.threads=2", "data.root=elsewhere")
+    names = results.variants({"a": base, "b": packed, "c": groups})
+    assert names["a"] == names["b"] != names["c"]
+    assert runfiles.result_settings(base) == runfiles.result_settings(packed)

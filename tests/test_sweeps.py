@@ -10,7 +10,7 @@ import pytest
 from helpers import compose_config, run_cli, write_mnist
 from omegaconf import OmegaConf
 
-from normexp import config, plots, results, sweeps, trainer
+from normexp import config, plots, results, sweeps
 
 GRID = ["batch_size=16,norm=bn", "batch_size=16,norm=gn", "batch_size=8,norm=bn", "batch_size=8,norm=gn"]
 
@@ -112,7 +112,9 @@ def test_presets_compose_and_every_job_is_valid(tmp_path, preset, params, prefix
         job_cfg = compose_job([f"experiment={preset}", *job, f"data.root={data_root}"])
         assert config.problems(job_cfg) == [], job
         expected_epochs = 10 if preset != "gn_groups" and job_cfg.batch_size == 1 else 30  # mcn_sweep's
-        assert trainer.planned_epochs(job_cfg.train, job_cfg.batch_size) == expected_epochs
+        tc = job_cfg.train
+        planned = sweeps.planned_epochs(tc.epochs, tc.max_epochs_by_batch_size, job_cfg.batch_size)
+        assert planned == expected_epochs
         if preset == "gn_groups":
             assert job_cfg.norm.name == "gn"
         if preset == "batch_independent":
