@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from normexp import data, logger, norm, optim, runfiles, runguard, seeds, stopping, sweeps, trainer
+from normexp import data, logger, norm, optim, runfiles, runguard, seeds, sweeps, trainer
 from normexp.model import LeNet
 from normexp.runfiles import RunFolderError
 
@@ -295,16 +295,16 @@ class ValidateConfig(Callback):
         exit_with(sweep_dir_problems(config))
         launcher = str(config.hydra.launcher.get("_target_", ""))
         if job_configs and launcher.endswith(STOPPABLE_LAUNCHERS):
-            stopping.begin_sweep([folder / runguard.LOCK for i, c in enumerate(job_configs)
+            runguard.begin_sweep([folder / runguard.LOCK for i, c in enumerate(job_configs)
                                   for folder, _ in run_folders(job_folder(c, i), c)])
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        stopping.guard_worker()
+        runguard.guard_worker()
         if config.hydra.mode == RunMode.MULTIRUN and not sweeps.is_basic_sweeper(config):
             exit_with(problems(config))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        signum = stopping.end_sweep()
+        signum = runguard.end_sweep()
         if signum is not None:
             stop_workers()
             print(f"normexp: stopped by signal {signum}: the running jobs saved a checkpoint and no other "
@@ -317,7 +317,7 @@ STOPPABLE_LAUNCHERS = ("BasicLauncher", "JoblibLauncher", "LocalLauncher")  # jo
 
 def stop_workers() -> None:
     """joblib's idle workers ended now (they would wait for more work until the interpreter exits)."""
-    module = sys.modules.get("joblib.externals.loky.reusable_executor")
-    executor = getattr(module, "_executor", None)
-    if executor is not None:
-        executor.shutdown(wait=True)
+    if "joblib.externals.loky.reusable_executor" in sys.modules:  # a joblib sweep ran here
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor(reuse=True).shutdown(wait=True)

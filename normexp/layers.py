@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import abc
 import inspect
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from hydra._internal.utils import _locate  # hydra.utils.get_object, without its log lines
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from torch import Tensor, nn
 
 LEARNED_EPS_START = 1e-4  # where FRN's learned eps_l starts: |eps_l| has no gradient at exactly 0
@@ -155,6 +155,17 @@ def _reason(err: BaseException, root: bool = True) -> str:
     return f"{type(err).__name__}: {text[:300]}"
 
 
+def _quietly_located(target: str) -> Any:
+    """``hydra.utils.get_object(target)``, without the error it logs: the caller says it in one line."""
+    hydra_log = logging.getLogger("hydra.utils")
+    was = hydra_log.disabled
+    hydra_log.disabled = True
+    try:
+        return get_object(target)
+    finally:
+        hydra_log.disabled = was
+
+
 def custom_problems(target: Any, kwargs: Any, channel_counts: Sequence[int]) -> list[str]:
     """What is wrong with ``norm.target`` and ``norm.kwargs``, in one line: the import fails, the layer does
     not build for one of ``channel_counts``, or its forward pass on a tiny input does not keep the shape."""
@@ -166,7 +177,7 @@ def custom_problems(target: Any, kwargs: Any, channel_counts: Sequence[int]) -> 
     if "num_channels" in kwargs:
         return ["norm.kwargs.num_channels: normexp passes each layer's channel count itself; leave it out"]
     try:
-        found = _locate(target)
+        found = _quietly_located(target)
     except Exception as err:  # noqa: BLE001 (whatever importing the user's module raises)
         return [f"{key}: does not import ({_reason(err, root=False)})"]
     generator = torch.Generator().manual_seed(0)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from normexp import data, stopping
+from normexp import data, runguard
 
 SAMPLES_PER_SYNC = 4096  # fast path: look at the losses (one host sync) about this often
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -39,7 +39,7 @@ class StopSignal:
 
     def __enter__(self) -> StopSignal:
         self._previous = {sig: signal.signal(sig, self) for sig in STOP_SIGNALS}
-        self.signum = stopping.requested()  # a sweep asked to stop while this run was setting up
+        self.signum = runguard.requested()  # a sweep asked to stop while this run was setting up
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,6 +1,11 @@
 """The sweeps (owns ``conf/experiment``: each preset is a Hydra multirun of the basic sweeper): the jobs of a
 sweep, listed exactly as Hydra's basic sweeper will launch them, and what each will train (its folder, norm,
-batch size, seeds, epochs and protocol), without importing torch."""
+batch size, seeds, epochs and protocol), without importing torch.
+
+The one place where normexp uses Hydra's internals (``hydra._internal``): the basic sweeper's expansion of a
+sweep into jobs and Hydra's name of a job's folder, which have no public form; tests/test_sweeps.py runs real
+sweeps and checks that the jobs and folders listed here are the ones Hydra made, so a change in Hydra fails
+there loudly."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from normexp import data, runguard, seeds, stopping  # noqa: E402
+from normexp import data, runguard, seeds  # noqa: E402
 from normexp.config import check_command_line  # noqa: E402
 from normexp.runfiles import RunFolderError  # noqa: E402
 from normexp.trainer import Outcome, Trainer  # noqa: E402
@@ -43,8 +43,8 @@ log = logging.getLogger("normexp")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if stopping.requested() is not None:
-        return not_started(stopping.requested())
+    if runguard.requested() is not None:
+        return not_started(runguard.requested())
     try:
         outcomes = fit(cfg, run_dir)
     except data.DataError as err:
@@ -72,7 +72,7 @@ def main(cfg: DictConfig) -> None:
                      f" (seed {result['seed']})" if len(outcomes) > 1 else "", result["final_val_error"],
                      result["best_val_error"], result["best_epoch"])
     exit_code = max((o.exit_code for o in outcomes), default=0)
-    if exit_code and not stopping.in_worker():  # a worker's sweep exits with it in its main process
+    if exit_code and not runguard.in_worker():  # a worker's sweep exits with it in its main process
         sys.exit(exit_code)
 
 
@@ -86,7 +86,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> list[Outcome]:
 
 def not_started(signum: int) -> None:
     """A job of a sweep asked to stop before it started: nothing done; a sweep run in this process ends."""
-    if not stopping.in_worker():
+    if not runguard.in_worker():
         print(f"normexp: stopped by signal {signum} between two jobs: the others did not start; run the same "
               "command again to resume", file=sys.stderr)
         sys.exit(128 + signum)

@@ -11,10 +11,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "normexp"
 # each module may import only modules of earlier layers
 LAYERS = [
-    {"validation", "runfiles", "sweeps", "layers", "stopping"},
+    {"validation", "runfiles", "sweeps", "layers"},
     {"data", "model", "norm", "optim", "perf", "results", "status", "logger", "claims"},
-    {"steps", "plots", "runguard", "provenance"},
-    {"pack"},
+    {"plots", "runguard", "provenance"},
+    {"steps"},
     {"trainer"},
     {"seeds"},
     {"config", "tune"},

@@ -28,7 +28,7 @@ from normexp.norm import (
     set_renorm_limits,
     validate,
 )
-from normexp.pack import part_of
+from normexp.seeds import part_of
 
 EPS = 1e-4
 CHANNELS = (20, 50, 500)
