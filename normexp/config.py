@@ -21,9 +21,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from normexp import data, logger, norm, optim, runfiles, runguard, seeds, sweeps, trainer
+from normexp import data, logger, norm, optim, runguard, seeds, trainer
+from normexp.analysis import runfiles, sweeps
+from normexp.analysis.runfiles import RunFolderError
 from normexp.model import LeNet
-from normexp.runfiles import RunFolderError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 

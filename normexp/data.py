@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from normexp import runfiles
+from normexp.analysis import runfiles
 
 # data.name -> torchvision dataset class. torchvision is imported only to download: a run reads the IDX files
 # itself, because importing torchvision costs about a second and 0.17 GB of resident memory per run

@@ -25,8 +25,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from normexp import data, perf, runfiles, sweeps
-from normexp.runfiles import RunFolderError
+from normexp import data, perf
+from normexp.analysis import runfiles, sweeps
+from normexp.analysis.runfiles import RunFolderError
 
 LOCK = runfiles.LOCK
 REPLACED, STAGING = "replaced-", ".replacing-"  # start_over's folder, and the same while it fills

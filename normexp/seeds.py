@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from normexp import data, norm, optim, perf, runfiles, runguard, steps, validation
+from normexp import data, norm, optim, perf, runguard, steps, validation
+from normexp.analysis import runfiles
 from normexp.model import LeNet
 from normexp.trainer import Outcome, Progress, RunState, Trainer, resolve_device
 

@@ -33,8 +33,8 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from normexp import data, runguard, seeds  # noqa: E402
+from normexp.analysis.runfiles import RunFolderError  # noqa: E402
 from normexp.config import check_command_line  # noqa: E402
-from normexp.runfiles import RunFolderError  # noqa: E402
 from normexp.trainer import Outcome, Trainer  # noqa: E402
 
 log = logging.getLogger("normexp")
@@ -48,7 +48,7 @@ def main(cfg: DictConfig) -> None:
     try:
         outcomes = fit(cfg, run_dir)
     except data.DataError as err:
-        log.error("failed: %s", err)  # the last line of the run's train.log, for normexp.status
+        log.error("failed: %s", err)  # the last line of the run's train.log, for normexp.analysis.status
         print(f"normexp: error: {err}", file=sys.stderr)
         sys.exit(1)
     except runguard.Busy as err:

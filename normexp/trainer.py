@@ -30,12 +30,11 @@ from normexp import (
     optim,
     perf,
     provenance,
-    runfiles,
     runguard,
     steps,
-    sweeps,
     validation,
 )
+from normexp.analysis import runfiles, sweeps
 from normexp.model import LeNet
 from normexp.steps import EpochLog
 

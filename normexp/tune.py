@@ -37,7 +37,8 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from normexp import data, norm, perf, runfiles, validation
+from normexp import data, norm, perf, validation
+from normexp.analysis import runfiles
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 TRAIN_SIZE = 8192  # synthetic training digits: every power-of-two batch size up to 256 divides it

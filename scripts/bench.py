@@ -52,7 +52,8 @@ import torch.nn.functional as F  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from normexp import data, norm, optim, perf, provenance, runfiles, seeds, sweeps, trainer, validation  # noqa: E402
+from normexp import data, norm, optim, perf, provenance, seeds, trainer, validation  # noqa: E402
+from normexp.analysis import runfiles, sweeps  # noqa: E402
 from normexp.model import LeNet  # noqa: E402
 from normexp.trainer import RunState, Trainer  # noqa: E402
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from normexp import plots, results, validation
+from normexp import validation
+from normexp.analysis import plots, results
 
 
 def main(argv: list[str] | None = None) -> int:

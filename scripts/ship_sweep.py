@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-from normexp import results, runfiles, validation
+from normexp import validation
+from normexp.analysis import results, runfiles
 
 RUN_FILES = (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", runfiles.METRICS,
              runfiles.SUMMARY, runfiles.MARKER)

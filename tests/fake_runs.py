@@ -8,7 +8,7 @@ from pathlib import Path
 from helpers import compose_config
 from omegaconf import OmegaConf
 
-from normexp import runfiles
+from normexp.analysis import runfiles
 
 
 def make_run(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from fake_runs import make_run
 
-from normexp import claims, results
+from normexp.analysis import claims, results
 
 CODE = ("optim.scaling=none", "optim.factors=autonn")
 

@@ -11,9 +11,11 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "normexp"
 # each module may import only modules of earlier layers
 LAYERS = [
-    {"validation", "runfiles", "sweeps", "layers"},
-    {"data", "model", "norm", "optim", "perf", "results", "status", "logger", "claims"},
-    {"plots", "runguard", "provenance"},
+    {"validation", "analysis.runfiles", "layers"},
+    {"analysis.sweeps", "data", "model", "norm", "optim", "perf", "logger"},
+    {"analysis.results", "analysis.status", "runguard", "provenance"},
+    {"analysis.claims"},
+    {"analysis.plots"},
     {"steps"},
     {"trainer"},
     {"seeds"},
@@ -23,30 +25,54 @@ LAYERS = [
 MAX_FUNCTION_LINES = 50
 
 
+SUBPACKAGES = ("analysis",)
+
+
+def module_name(dotted: str) -> str:
+    """normexp.analysis.results -> analysis.results, normexp.data -> data."""
+    parts = dotted.split(".")[1:]
+    return ".".join(parts[:2] if parts[0] in SUBPACKAGES else parts[:1])
+
+
 def normexp_imports(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module == "normexp":
-            found |= {alias.name for alias in node.names}
+        packages = ("normexp", *(f"normexp.{s}" for s in SUBPACKAGES))
+        if isinstance(node, ast.ImportFrom) and node.module in packages:
+            prefix = "" if node.module == "normexp" else node.module.removeprefix("normexp.") + "."
+            found |= {prefix + alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("normexp."):
-            found.add(node.module.split(".")[1])
+            found.add(module_name(node.module))
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("normexp.")}
+            found |= {module_name(a.name) for a in node.names if a.name.startswith("normexp.")}
     return found
+
+
+def package_modules() -> dict[str, Path]:
+    return {".".join(p.relative_to(PACKAGE).with_suffix("").parts): p for p in PACKAGE.rglob("*.py")
+            if p.stem != "__init__"}
 
 
 def test_every_module_has_a_layer_and_imports_only_lower_ones():
     layer_of = {name: i for i, layer in enumerate(LAYERS) for name in layer}
-    modules = {p.stem: p for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    modules = package_modules()
     assert set(modules) == set(layer_of), "give each module a layer in LAYERS"
     upward = [f"{name} imports {other}" for name, path in modules.items() for other in normexp_imports(path)
               if layer_of[other] >= layer_of[name]]
     assert upward == []
 
 
+def test_the_analysis_package_reads_runs_on_its_own():
+    """normexp.analysis imports nothing of the training side but the one-line checks (which need no torch)."""
+    analysis = {name: path for name, path in package_modules().items() if name.startswith("analysis.")}
+    outside = [f"{name} imports {other}" for name, path in analysis.items() for other in normexp_imports(path)
+               if not other.startswith("analysis.") and other != "validation"]
+    assert outside == []
+
+
 def test_no_function_is_longer_than_a_screen():
     long = []
-    for path in PACKAGE.glob("*.py"):
+    for path in package_modules().values():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 lines = node.end_lineno - node.lineno + 1
@@ -56,7 +82,7 @@ def test_no_function_is_longer_than_a_screen():
 
 
 def test_reading_results_imports_no_torch_and_the_cli_module_runs_once():
-    code = "import normexp.results, normexp.plots, normexp.status, sys; print('torch' in sys.modules)"
+    code = "import normexp.analysis.plots, normexp.analysis.status, sys; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
     # a module run with -m must not be imported again under its own name (two copies of its classes)

@@ -13,7 +13,8 @@ from helpers import compose_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from normexp import config, logger, runfiles
+from normexp import config, logger
+from normexp.analysis import runfiles
 from normexp.trainer import Trainer
 
 QUIET = ["train.threads=1", "train.progress=false", "data.download=false"]

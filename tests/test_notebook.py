@@ -13,7 +13,7 @@ import pytest
 from fake_runs import make_run
 from helpers import ROOT
 
-from normexp import plots, results
+from normexp.analysis import plots, results
 
 SHIPPED = ROOT / "outputs" / "writeup"
 

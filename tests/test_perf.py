@@ -11,7 +11,8 @@ import torch
 from helpers import compose_config
 from steptrace import EPS32, TOL, differences, trace
 
-from normexp import perf, runfiles, trainer
+from normexp import perf, trainer
+from normexp.analysis import runfiles
 
 TIMING = ["seconds", "samples_per_s"]
 CPU = torch.device("cpu")

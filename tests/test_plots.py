@@ -15,7 +15,7 @@ from fake_runs import make_run
 from helpers import ROOT
 from matplotlib.collections import PolyCollection
 
-from normexp import plots, results
+from normexp.analysis import plots, results
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from helpers import compose_config
 
-from normexp import data, runfiles
+from normexp import data
+from normexp.analysis import runfiles
 from normexp.trainer import Trainer
 
 STEPS, WD, MOMENTUM, EPS = 300, 5e-4, 0.9, 1e-4

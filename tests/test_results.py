@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from fake_runs import make_run
 
-from normexp import plots, results
+from normexp.analysis import plots, results
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 from fake_runs import make_run
 from helpers import ROOT
 
-from normexp import results, runfiles
+from normexp.analysis import results, runfiles
 
 
 def plot_sweep(*args: Path) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ import yaml
 from helpers import ROOT, compose_config
 from omegaconf import OmegaConf
 
-from normexp import results, runfiles
+from normexp.analysis import results, runfiles
 
 
 def rows(n: int, writer: int) -> list[dict]:
@@ -82,7 +82,7 @@ WRITER = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from normexp import results, runfiles
+from normexp.analysis import results, runfiles
 from test_runfiles import rows
 folder, writer, count = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 (folder / f"ready{{writer}}").touch()

@@ -21,7 +21,8 @@ import pytest
 import yaml
 from helpers import ROOT, run_cli, run_cli_many, start_cli, wait_for, write_mnist
 
-from normexp import runfiles, runguard
+from normexp import runguard
+from normexp.analysis import runfiles
 
 QUIET = ["train.threads=1", "train.progress=false"]
 BASE = {"norm": "gn", "batch_size": "40", "train.epochs": "1"}

@@ -14,7 +14,7 @@ import yaml
 from fake_runs import make_run
 from helpers import ROOT, run_cli
 
-from normexp import plots, results, runfiles
+from normexp.analysis import plots, results, runfiles
 
 SHIP = ROOT / "scripts" / "ship_sweep.py"
 SHIPPED = ROOT / "outputs" / "writeup"

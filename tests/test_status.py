@@ -1,5 +1,6 @@
-"""normexp.status: every kind of job of a sweep read from fake folders (pending, running, stalled, completed,
-diverged, interrupted, failed, unreadable, half-made), the ETA arithmetic, and the command on a real sweep."""
+"""normexp.analysis.status: every kind of job of a sweep read from fake folders (pending, running, stalled,
+completed, diverged, interrupted, failed, unreadable, half-made), the ETA arithmetic, and the command on a
+real sweep."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from fake_runs import make_run
 from helpers import ROOT, compose_config, run_cli
 from omegaconf import OmegaConf
 
-from normexp import runfiles, status
-from normexp.status import Job, Sweep
+from normexp.analysis import runfiles, status
+from normexp.analysis.status import Job, Sweep
 
 NOW = 2_000_000_000.0  # the clock of these tests (file times are set relative to it)
 JOBLIB = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}
@@ -297,7 +298,7 @@ def test_the_command_on_a_real_sweep_reads_no_torch(tiny_mnist, tmp_path):
     assert ran.returncode == 0, ran.stderr
     names = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert names == ["batch_size=64,norm=bn", "batch_size=64,norm=gn"]  # logger= is not in the names
-    code = ("import json, sys\nfrom normexp import status\nstatus.main([sys.argv[1], '--json'])\n"
+    code = ("import json, sys\nfrom normexp.analysis import status\nstatus.main([sys.argv[1], '--json'])\n"
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(sweep)], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout.splitlines()
@@ -306,11 +307,10 @@ def test_the_command_on_a_real_sweep_reads_no_torch(tiny_mnist, tmp_path):
     assert [(j["name"], j["status"], j["planned"]) for j in data["jobs"]] == [
         ("batch_size=64,norm=gn", "completed", True), ("batch_size=64,norm=bn", "completed", True)]
     assert data["counts"] == {"completed": 2} and data["eta_how"] == "no job is running or pending"
-    text = subprocess.run([sys.executable, "-m", "normexp.status", str(sweep)], cwd=ROOT, capture_output=True,
-                          text=True, check=True).stdout
+    command = [sys.executable, "-m", "normexp.analysis.status"]
+    text = subprocess.run([*command, str(sweep)], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "2 completed" in text and "gn" in text
-    missing = subprocess.run([sys.executable, "-m", "normexp.status", str(tmp_path / "nope")], cwd=ROOT,
-                             capture_output=True, text=True)
+    missing = subprocess.run([*command, str(tmp_path / "nope")], cwd=ROOT, capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.startswith("normexp: error:")
 
 

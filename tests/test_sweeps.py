@@ -10,7 +10,8 @@ import pytest
 from helpers import compose_config, run_cli, write_mnist
 from omegaconf import OmegaConf
 
-from normexp import config, plots, results, sweeps
+from normexp import config
+from normexp.analysis import plots, results, sweeps
 
 GRID = ["batch_size=16,norm=bn", "batch_size=16,norm=gn", "batch_size=8,norm=bn", "batch_size=8,norm=gn"]
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from helpers import ROOT, run_cli, run_cli_many, start_cli, wait_for, write_mnist
 
-from normexp import runfiles
+from normexp.analysis import runfiles
 
 TIMING = ["seconds", "samples_per_s"]
 # one thread: parallel test runs do not fight over the cores

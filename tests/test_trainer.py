@@ -41,7 +41,7 @@ def test_short_runs_repeat_the_golden_record(tmp_path, tiny_mnist, case):
 def test_each_protocol_is_recorded_in_the_summary_and_the_results_table(tmp_path, tiny_mnist):
     from helpers import compose_config
 
-    from normexp import results
+    from normexp.analysis import results
     from normexp.trainer import Trainer
 
     code = ["optim.scaling=none", "optim.factors=autonn", "norm.moments=matconvnet"]

@@ -39,7 +39,7 @@ def run_case(overrides: list[str], data_root: Path, run_dir: Path) -> list[dict]
     """One golden run in this process; its metrics rows without the timing columns."""
     from helpers import compose_config
 
-    from normexp import runfiles
+    from normexp.analysis import runfiles
     from normexp.trainer import Trainer
 
     cfg = compose_config([f"data.root={data_root}", "data.download=false", *COMMON, *overrides])

@@ -24,7 +24,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from normexp import runfiles, sweeps
+from normexp.analysis import runfiles, sweeps
 
 # still running, or killed or failed while running (summary.json says "running" or "failed", or there is none)
 UNFINISHED = "unfinished"
@@ -401,7 +401,7 @@ def latest_sweep(root: str | Path = "outputs/sweeps", prefix: str = "mcn_sweep_"
 
 WRITEUP_CSV = Path(__file__).with_name("writeup.csv")  # its final errors, read off its figures
 WRITEUP_TRAIN_DIGITS = 60_000  # the complete MNIST training set
-WRITEUP_PRESET = Path(__file__).resolve().parents[1] / "conf" / "experiment" / "mcn_sweep.yaml"  # its epochs
+WRITEUP_PRESET = Path(__file__).resolve().parents[2] / "conf" / "experiment" / "mcn_sweep.yaml"  # its epochs
 
 
 @functools.cache

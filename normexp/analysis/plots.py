@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, MaxNLocator, NullLocator
 
-from normexp import claims, results, runfiles
+from normexp.analysis import claims, results, runfiles
 
 
 @dataclass(frozen=True)

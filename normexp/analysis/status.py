@@ -1,8 +1,8 @@
 """Where a sweep stands and when it will finish, read from its folders only (no daemon, no database, no
 torch).
 
-    python -m normexp.status                       # the newest sweep under outputs/sweeps/
-    python -m normexp.status SWEEP [SWEEP ...] [--watch N] [--json] [--stall-after SECONDS]
+    python -m normexp.analysis.status                       # the newest sweep under outputs/sweeps/
+    python -m normexp.analysis.status SWEEP [SWEEP ...] [--watch N] [--json] [--stall-after SECONDS]
 
 One row per job of the sweep, in the order the launcher starts them, including jobs not started yet: their
 list is Hydra's basic sweeper's expansion of the sweep's ``multirun.yaml`` (``sweeps.sweep_jobs``) and each
@@ -54,7 +54,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from normexp import runfiles, sweeps, validation
+from normexp import validation
+from normexp.analysis import runfiles, sweeps
 
 STATUSES = ("pending", "running", "stalled", "completed", "diverged", "interrupted", "failed", "unreadable")
 FINAL = ("completed", "diverged", "interrupted")
@@ -630,7 +631,7 @@ WATCH_MAX = 86400.0  # a redraw at least once a day (time.sleep takes no more th
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = validation.Parser(prog="python -m normexp.status", description=__doc__.split("\n\n")[0])
+    parser = validation.Parser(prog="python -m normexp.analysis.status", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweeps", nargs="*", type=Path, metavar="SWEEP",
                         help=f"sweep folders (default: the newest under {SWEEPS_ROOT}/)")
     parser.add_argument("--watch", type=float, metavar="N", help="redraw every N seconds (Ctrl-C stops)")
