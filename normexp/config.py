@@ -209,11 +209,10 @@ def prepare_folder(run_dir: Path, cfg: DictConfig, where: str) -> None:
     are moved aside, .hydra/ and the log with them (``train.resume=false``); raises RunFolderError. For a
     job of ``train.seeds``, each seed's folder below it."""
     for folder, one in run_folders(run_dir, cfg):
-        runfiles.check_links(folder)
-        now = runguard.marker(one)
         if one.train.resume:
-            runguard.check(folder, now, where)
+            runguard.check(folder, runguard.marker(one), where)  # links out of the folder refused there
         else:
+            runfiles.check_links(folder)
             runguard.start_over(folder, with_logs=True)
 
 

@@ -144,12 +144,9 @@ def check_summary(summary: Any) -> dict[str, Any]:
     if "epochs_run" not in summary:
         raise ValueError("no epochs_run")
     for key, (allowed, kind) in SUMMARY_FIELDS.items():
-        value = summary.get(key)
-        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-            raise ValueError(f"{key} is {value!r}; allowed: {allowed}" + ("" if key == "epochs_run" else
-                                                                           " or null"))
-    if summary["epochs_run"] is None:
-        raise ValueError("epochs_run is None; allowed: an integer")
+        value, required = summary.get(key), key == "epochs_run"
+        if (value is not None or required) and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise ValueError(f"{key} is {value!r}; allowed: {allowed}" + ("" if required else " or null"))
     return summary
 
 
