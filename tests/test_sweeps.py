@@ -96,6 +96,8 @@ def compose_job(overrides: list[str]):
      "outputs/sweeps/mcn_code_sweep_"),
     ("batch_independent", {"norm": "gn,ln,in,frn,ws_gn,evonorm_s0,bn", "batch_size": "256,32,4,2,1",
                            "train.seed": "0"}, "outputs/sweeps/batch_independent_"),
+    ("mcn_drawn_sweep", {"norm": "bn,brn,gn", "batch_size": "256,16,4,2,1", "train.seed": "0"},
+     "outputs/sweeps/mcn_drawn_sweep_"),
 ])
 def test_presets_compose_and_every_job_is_valid(tmp_path, preset, params, prefix):
     data_root = write_mnist(tmp_path / "data", n_train=256, n_test=10)
@@ -107,7 +109,7 @@ def test_presets_compose_and_every_job_is_valid(tmp_path, preset, params, prefix
 
     grid = [[f"{k}={v}" for v in str(values).split(",")] for k, values in params.items()]
     jobs = list(itertools.product(*grid))
-    runs = {"mcn_sweep": 32, "gn_groups": 10, "mcn_code_sweep": 32, "batch_independent": 35}
+    runs = {"mcn_sweep": 32, "gn_groups": 10, "mcn_code_sweep": 32, "batch_independent": 35, "mcn_drawn_sweep": 15}
     assert len(jobs) == runs[preset]
     for job in jobs:
         job_cfg = compose_job([f"experiment={preset}", *job, f"data.root={data_root}"])
@@ -120,5 +122,7 @@ def test_presets_compose_and_every_job_is_valid(tmp_path, preset, params, prefix
             assert job_cfg.norm.name == "gn"
         if preset == "batch_independent":
             assert job_cfg.optim.scaling == "linear"
-        protocol = "code" if preset == "mcn_code_sweep" else "text"
+        if preset == "mcn_drawn_sweep":  # the code protocol at the rate the figures imply
+            assert job_cfg.optim.auto_lr.with_norm == 0.001
+        protocol = "code" if preset in ("mcn_code_sweep", "mcn_drawn_sweep") else "text"
         assert sweeps.protocol_name(sweeps.protocol_settings(job_cfg)) == protocol
