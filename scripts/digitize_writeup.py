@@ -4,7 +4,7 @@
 
 Each figure (``bs-<N>.png``, MATLAB's default colours and markers) has two panels: the validation objective
 and the validation error per epoch, lines BSLN (no norm), BNORM, GNORM and RENORM. A panel's frame and
-gridlines give its pixel scale; the axis limits are read off the tick labels by eye (``LIMITS``). A line is a
+gridlines give its pixel scale; the axis limits are the writeup's (``plots.writeup_ylim``). A line is a
 polyline through one vertex per epoch: each vertex's row is the one whose two segments (to the previous and
 next vertex) and marker cover the line's colour best, found by coordinate ascent from the best marker match.
 A vertex the figure does not show (a line that leaves the axes, or is not drawn) is left empty, with why.
@@ -22,16 +22,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from normexp.analysis import results, runfiles
+from normexp.analysis import plots, results, runfiles
 from normexp.validation import Parser
 
 # MATLAB's default line colours, in the writeup's legend order
 COLOURS = {"none": (0, 114, 189), "bn": (217, 83, 25), "gn": (237, 177, 32), "brn": (126, 47, 142)}
 BATCH_SIZES = (256, 128, 64, 32, 16, 4, 2, 1)
-# (objective, error) upper limits, read off the tick labels; every lower limit is 0, the epochs 0..30 (0..10
-# at batch size 1)
-LIMITS = {4: (0.3, 0.1)}
-DEFAULT_LIMITS = (0.1, 0.05)
 MARKER_RADIUS = 5  # pixels: markers are about 11 pixels across
 MARKER_WEIGHT = 2.0  # a vertex's marker against each of its two segments
 MIN_COVER = 0.01  # of its marker's square: where its colour covers less, the figure shows no vertex
@@ -129,7 +125,7 @@ def digitize(path: Path, batch_size: int) -> list[dict]:
     image = np.asarray(Image.open(path).convert("RGB")).astype(float)
     epochs = 10 if batch_size == 1 else 30
     rows = []
-    limits = LIMITS.get(batch_size, DEFAULT_LIMITS)
+    limits = plots.writeup_ylim(batch_size)  # every lower limit 0; epochs 0..30 (0..10 at batch size 1)
     for (left, right, top, bottom), panel, upper in zip(panels(image), ("objective", "error"), limits,
                                                         strict=True):
         hidden = legend_mask(image, (left, right, top, bottom))

@@ -194,3 +194,26 @@ def test_new_norms_and_a_name_without_a_style_still_plot_each_with_its_own_line(
     assert len(plots.convergence_figure(df, 1).axes) == 2
     table = results.summary_markdown(results.summary_table(df), plots.NORM_ORDER)
     assert "| mynorm | 0.1500 | 0.1500 |" in table
+
+
+def test_a_sweep_over_the_rate_gets_the_sensitivity_figure_and_the_best_rate_table(tmp_path):
+    s = tmp_path / "lr"
+    for norm in ("bn", "gn"):
+        for lr, err in ((0.001, 0.03), (0.01, 0.02)):
+            make_run(s, norm, 8, 0, (0.1, err), extra=(f"optim.lr={lr}",), lr=lr)
+    make_run(s, "bn", 8, 0, (0.5,), status="diverged", diverged_epoch=2, extra=("optim.lr=0.1",), lr=0.1)
+    written = [p.name for p in plots.write_report(results.load([s]), tmp_path / "out")]
+    expected = {"lr_sensitivity.png", "best_rate.png", "rates.csv", "best_rates.csv", "best_rates.md"}
+    assert expected <= set(written)
+    fig = plots.lr_sensitivity_figure(results.rate_table(results.load([s])))
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_title() == "batch size 8"
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata()) == 2]
+    assert sorted(ln.get_ydata().tolist() for ln in lines) == [[0.03, 0.02], [0.03, 0.02]]
+    crosses = [ln for ln in ax.get_lines() if ln.get_marker() == "x"]
+    assert [ln.get_xdata().tolist() for ln in crosses] == [[0.1]]  # the diverged run, marked
+
+
+def test_a_sweep_at_one_rate_gets_no_rate_figures(sweep, tmp_path):
+    written = [p.name for p in plots.write_report(results.load([sweep]), tmp_path / "out")]
+    assert "lr_sensitivity.png" not in written

@@ -209,3 +209,76 @@ def test_the_summary_figure_marks_the_writeups_values_hollow(complete_mnist):
     assert [(ln.get_xdata().tolist(), ln.get_ydata().tolist()) for ln in hollow] == [([256.0], [0.0097])]
     assert [ln.get_marker() for ln in hollow] == ["o"]  # gn's own marker is a +, which cannot be hollow
     assert any(t.get_text().startswith("hollow: the writeup's") for t in fig.legends[0].get_texts())
+
+
+def test_the_writeups_curves_agree_with_its_final_errors_read_by_hand():
+    curves = results.writeup_curves().set_index(["norm", "batch_size", "epoch"])
+    assert len(curves) == 4 * (7 * 30 + 10)  # every line of every figure, per epoch
+    hand = results.writeup_final_errors().dropna(subset=["writeup_error"])
+    last = [curves.loc[(r.norm, r.batch_size, results.writeup_epochs(r.batch_size)), "val_error"]
+            for r in hand.itertuples()]
+    read = pd.Series(last, index=hand.index)
+    assert read.notna().all()  # every final error read by hand is a vertex read off the figure
+    assert (read - hand["writeup_error"]).abs().max() < 0.0008  # within 0.08 percentage points
+    assert (read - hand["writeup_error"]).abs().median() < 0.0002
+    # and the first epochs the issue read by eye at batch size 256: BN 3.2, 2.05, 1.62 %; GN 3.7, 2.5 %
+    assert curves.loc[("bn", 256), "val_error"].iloc[:3].tolist() == pytest.approx([0.032, 0.0205, 0.0162],
+                                                                                    abs=4e-4)
+    assert curves.loc[("gn", 256), "val_error"].iloc[:2].tolist() == pytest.approx([0.037, 0.025], abs=4e-4)
+    assert curves.loc[("bn", 2), "val_error"].isna().all()  # diverged: not drawn
+    assert curves.loc[("none", 16), "val_error"].iloc[:4].notna().all()  # then it leaves the axes
+    assert curves.loc[("none", 16), "val_error"].iloc[4:].isna().all()
+
+
+def test_curve_distance_is_the_mean_gap_to_the_writeups_line_over_the_epochs_both_have(tmp_path):
+    line = results.writeup_curves().set_index(["norm", "batch_size", "epoch"]).loc[("gn", 256)]
+    on_it = tuple(line["val_error"])
+    make_run(tmp_path / "s", "gn", 256, 0, on_it)
+    make_run(tmp_path / "s", "gn", 256, 1, tuple(e + 0.002 for e in on_it))  # seed mean: 0.001 above
+    make_run(tmp_path / "s", "none", 16, 0, (0.03,) * 10)  # the writeup's line has 4 vertices
+    table = results.curve_distance(results.load([tmp_path / "s"])).set_index(["norm", "batch_size"])
+    assert table.loc[("gn", 256), "val_error_distance"] == pytest.approx(0.001)
+    assert table.loc[("gn", 256), "epochs"] == 30
+    expected = (pd.Series(on_it) * 2 + 0.01 + 0.002 - line["val_loss"].to_numpy()).abs().mean()
+    assert table.loc[("gn", 256), "val_loss_distance"] == pytest.approx(expected)
+    none16 = results.writeup_curves().set_index(["norm", "batch_size"]).loc[("none", 16), "val_error"]
+    assert table.loc[("none", 16), "epochs"] == 4
+    gap = (0.03 - none16.iloc[:4]).abs().mean()
+    assert table.loc[("none", 16), "val_error_distance"] == pytest.approx(gap)
+
+
+@pytest.fixture
+def rate_grid(tmp_path):
+    """bn at batch size 8 over four rates (two seeds at 0.01), one diverged; gn over two rates."""
+    s = tmp_path / "lr"
+    for lr, errors in ((0.001, (0.05,)), (0.003, (0.021,)), (0.01, (0.02, 0.022)), (0.03, ())):
+        for seed, err in enumerate(errors):
+            make_run(s, "bn", 8, seed, (0.1, err), extra=(f"optim.lr={lr}",), lr=lr)
+    make_run(s, "bn", 8, 0, (0.5,), status="diverged", diverged_epoch=2, extra=("optim.lr=0.03",), lr=0.03)
+    for lr, err in ((0.001, 0.03), (0.01, 0.04)):
+        make_run(s, "gn", 8, 0, (0.1, err), extra=(f"optim.lr={lr}",), lr=lr)
+    return s
+
+
+def test_the_best_rate_its_good_band_and_the_protocols_rates(rate_grid):
+    rates = results.rate_table(results.load([rate_grid]))
+    bn = rates[rates["norm"] == "bn"].set_index("lr")
+    columns = ["runs", "error", "error_min", "error_max"]
+    assert bn.loc[0.01, columns].tolist() == pytest.approx([2, 0.021, 0.02, 0.022])
+    assert bn.loc[0.03, "diverged"] == 1 and math.isnan(bn.loc[0.03, "error"])
+    best = results.best_rates(rates, {"default": 0.01}, 256).set_index("norm")
+    assert best.loc["bn", ["best_lr", "best_error", "good_low", "good_high"]].tolist() == pytest.approx(
+        [0.01, 0.021, 0.003, 0.01])  # 0.021 <= 1.2 x 0.021; 0.05 is not
+    assert best.loc["bn", "good_decades"] == pytest.approx(math.log10(0.01 / 0.003))
+    assert best.loc["bn", "fixed_error"] == pytest.approx(0.021)
+    # 0.01 x 8 / 256 = 0.0003125 lies below the grid
+    assert math.isnan(best.loc["bn", "scaled_error"])
+    assert best.loc["gn", "best_lr"] == 0.001 and best.loc["gn", "good_at_edge"]
+    halfway = results._error_at(rates[rates["norm"] == "gn"].sort_values("lr"), math.sqrt(0.001 * 0.01))
+    assert halfway == pytest.approx(0.035)  # halfway in log rate
+    markdown = results.best_rates_markdown(best.reset_index())
+    assert "| bn | 8 | 0.01 | 2.10 (n=2) | 0.003–0.01 | 0.5 | 2.10 | – |" in markdown
+
+
+def test_the_code_rates_are_the_configs():
+    assert results.code_rates() == ({"none": 0.001, "default": 0.01}, 256)

@@ -109,7 +109,8 @@ def test_presets_compose_and_every_job_is_valid(tmp_path, preset, params, prefix
 
     grid = [[f"{k}={v}" for v in str(values).split(",")] for k, values in params.items()]
     jobs = list(itertools.product(*grid))
-    runs = {"mcn_sweep": 32, "gn_groups": 10, "mcn_code_sweep": 32, "batch_independent": 35, "mcn_drawn_sweep": 15}
+    runs = {"mcn_sweep": 32, "gn_groups": 10, "mcn_code_sweep": 32, "batch_independent": 35,
+            "mcn_drawn_sweep": 15}
     assert len(jobs) == runs[preset]
     for job in jobs:
         job_cfg = compose_job([f"experiment={preset}", *job, f"data.root={data_root}"])

@@ -326,6 +326,77 @@ def _not_completed_note(rows: pd.DataFrame) -> str:
     return f" [{'; '.join(notes)}]" if notes else ""
 
 
+def lr_sensitivity_figure(rates: pd.DataFrame) -> Figure:
+    """Final validation error against the learning rate (``results.rate_table``), a panel per batch size
+    (largest first), a line per norm through the mean over completed seeds with a band from the lowest to
+    the highest; a red x at the top of the panel where a run diverged."""
+    sizes = sorted(rates["batch_size"].unique(), reverse=True)
+    fig = Figure(figsize=(3.3 * len(sizes), 4.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(sizes), sharey=True))
+    norms = [n for n in NORM_ORDER if n in set(rates["norm"])] + sorted(set(rates["norm"]) - set(NORM_ORDER))
+    several = bool((rates["runs"] > 1).any())
+    for ax, bs in zip(axes, sizes, strict=True):
+        for norm in norms:
+            rows, style = rates[(rates["norm"] == norm) & (rates["batch_size"] == bs)], style_of(norm)
+            done = rows.dropna(subset=["error"]).sort_values("lr")
+            stats = pd.DataFrame({"mean": done["error"].to_numpy(), "min": done["error_min"].to_numpy(),
+                                  "max": done["error_max"].to_numpy()}, index=done["lr"].to_numpy())
+            _draw_mean_and_band(ax, stats, style, several)
+            for lr in rows.loc[rows["diverged"] > 0, "lr"]:
+                ax.plot([lr], [0.97], transform=ax.get_xaxis_transform(), color=DIVERGED_COLOR, marker="x",
+                        markersize=8, markeredgewidth=2, linestyle="none", clip_on=False)
+                ax.plot([lr], [0.97], transform=ax.get_xaxis_transform(), color=style.color, marker="|",
+                        markersize=12, linestyle="none", clip_on=False)
+        ax.set_xscale("log")
+        ax.set_title(f"batch size {bs}")
+        ax.set_xlabel("learning rate")
+        ax.grid(True, alpha=0.4)
+    axes[0].set_yscale("log")
+    axes[0].set_ylim(0.005, 1.3)
+    axes[0].yaxis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    axes[0].set_ylabel("final validation error (top-1)")
+    handles = [Line2D([], [], color=style_of(n).color, marker=style_of(n).marker,
+                      linestyle=style_of(n).linestyle, label=legend_label(n, style_of(n))) for n in norms]
+    handles.append(_diverged_handle("a run diverged (tick: its norm's colour)"))
+    if several:
+        handles.append(Line2D([], [], color="grey", linewidth=8, alpha=0.3, label="lowest to highest seed"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    return fig
+
+
+def best_rate_figure(best: pd.DataFrame) -> Figure:
+    """Each norm's error at its best rate against batch size (``results.best_rates``), beside its error at
+    the code's fixed rate and at that rate scaled linearly with the batch size (the text's protocol)."""
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    handles = []
+    for norm in [n for n in NORM_ORDER if n in set(best["norm"])]:
+        rows, style = best[best["norm"] == norm].sort_values("batch_size"), style_of(norm)
+        for column, linestyle, width in (("best_error", "-", 2.2), ("fixed_error", "--", 1.0),
+                                         ("scaled_error", ":", 1.0)):
+            ax.plot(rows["batch_size"].to_numpy(float), rows[column].to_numpy(float), color=style.color,
+                    marker=style.marker, linestyle=linestyle, linewidth=width, markersize=7)
+        handles.append(Line2D([], [], color=style.color, marker=style.marker, linestyle="-",
+                              label=legend_label(norm, style)))
+    handles += [Line2D([], [], color="grey", linestyle=ls, label=text) for ls, text in
+                (("-", "at its best rate"), ("--", "at the code's fixed rate"),
+                 (":", "at that rate scaled with the batch size"))]
+    sizes = sorted(best["batch_size"].unique())
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(max(sizes) * 1.4, min(sizes) / 1.4)
+    ax.xaxis.set_major_locator(FixedLocator(sizes))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([str(s) for s in sizes])
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    ax.set_xlabel("batch size (images per step)")
+    ax.set_ylabel("final validation error (top-1)")
+    ax.set_title("the best rate against the two protocols' rates")
+    ax.grid(True, alpha=0.4)
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
+    return fig
+
+
 def batch_sizes(df: pd.DataFrame) -> list[int]:
     """The batch sizes present, largest first."""
     return sorted({int(b) for b in df["batch_size"]}, reverse=True)
@@ -335,7 +406,9 @@ def batch_sizes(df: pd.DataFrame) -> list[int]:
 def write_report(df: pd.DataFrame, out_dir: Path, fmt: str = "png", writeup_limits: bool = False,
                  not_started: pd.DataFrame | None = None) -> list[Path]:
     """bs-<N>.<fmt> per batch size, summary.<fmt>, summary.csv and summary.md in ``out_dir``, and claims.md
-    (the writeup's claims, per protocol, waiting for the runs ``not_started``); their paths."""
+    (the writeup's claims, per protocol, waiting for the runs ``not_started``); curve_distance.csv where runs
+    are comparable with the writeup's; where the runs vary the learning rate, lr_sensitivity.<fmt>,
+    best_rate.<fmt>, rates.csv, best_rates.csv and best_rates.md; their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for bs in batch_sizes(df):
@@ -345,6 +418,18 @@ def write_report(df: pd.DataFrame, out_dir: Path, fmt: str = "png", writeup_limi
     texts = {"summary.csv": table.to_csv(index=False),
              "summary.md": results.summary_markdown(table, NORM_ORDER),
              "claims.md": claims.claims_markdown(claims.claims_table(df, not_started))}
+    near = df[df["run_dir"].isin(results.runs(df).loc[lambda r: results.comparable(r), "run_dir"])]
+    distance = results.curve_distance(near)
+    if len(distance):  # runs on the writeup's data and epochs: how far each lies from its figure's line
+        texts["curve_distance.csv"] = distance.to_csv(index=False)
+    rates = results.rate_table(df)
+    if (rates.groupby(["norm", "batch_size"])["lr"].nunique() > 1).any():  # the rate is an axis
+        best = results.best_rates(rates, *results.code_rates())
+        written.append(_save(lr_sensitivity_figure(rates), out_dir / f"lr_sensitivity.{fmt}"))
+        written.append(_save(best_rate_figure(best), out_dir / f"best_rate.{fmt}"))
+        texts["rates.csv"] = rates.to_csv(index=False)
+        texts["best_rates.csv"] = best.to_csv(index=False)
+        texts["best_rates.md"] = results.best_rates_markdown(best)
     for name, text in texts.items():
         runfiles.write_atomic(out_dir / name, text.encode())
     return [*written, *(out_dir / name for name in texts)]

@@ -428,3 +428,122 @@ def comparable(runs: pd.DataFrame) -> pd.Series:
     planned = runs["batch_size"].map(writeup_epochs)
     data = (runs["data"] == "mnist") & (runs["train_digits"] == WRITEUP_TRAIN_DIGITS)
     return data & (runs["epochs"] == planned)
+
+
+WRITEUP_CURVES_CSV = Path(__file__).with_name("writeup_curves.csv")  # its lines, read off its figures
+CURVES = ("val_error", "val_loss")  # the figures' right panel (error) and left panel (objective)
+
+
+def writeup_curves() -> pd.DataFrame:
+    """The writeup's lines: norm, batch_size, epoch, val_error and val_loss (its objective), NaN where its
+    figure shows no vertex (``scripts/digitize_writeup.py`` read them, and says how)."""
+    long = pd.read_csv(WRITEUP_CURVES_CSV, comment="#")
+    wide = long.pivot(index=["norm", "batch_size", "epoch"], columns="panel", values="value")
+    return wide.rename(columns={"error": "val_error", "objective": "val_loss"}).reset_index()[
+        ["norm", "batch_size", "epoch", *CURVES]]
+
+
+def curve_distance(df: pd.DataFrame) -> pd.DataFrame:
+    """Per protocol, variant and batch size: how far the runs' curve (mean over seeds per epoch) lies from
+    the writeup's line of its norm: the mean absolute difference of validation error and of validation loss
+    over the epochs both have (``epochs``); no row where they share none."""
+    epochs = df.dropna(subset=["epoch"])
+    keys = ["protocol", "variant", "norm", "batch_size"]
+    ours = epochs.groupby([*keys, "epoch"])[list(CURVES)].mean().reset_index()
+    both = ours.merge(writeup_curves(), on=["norm", "batch_size", "epoch"], suffixes=("", "_writeup"))
+    rows = []
+    for key, group in both.groupby(keys):
+        row = dict(zip(keys, key, strict=True))
+        for column in CURVES:
+            shared = group.dropna(subset=[column, f"{column}_writeup"])
+            row[f"{column}_distance"] = (shared[column] - shared[f"{column}_writeup"]).abs().mean()
+        row["epochs"] = int(group.dropna(subset=["val_error", "val_error_writeup"])["epoch"].nunique())
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=[*keys, *(f"{c}_distance" for c in CURVES), "epochs"])
+    return table[table["epochs"] > 0].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- the learning rate as an axis
+
+GOOD_MARGIN = 0.2  # a rate is in a norm's good band where its error is within 20 % of the norm's best
+
+
+def rate_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per norm, batch size and learning rate: the final validation error of the completed runs (mean, min,
+    max over seeds), how many runs and how many diverged (a diverged run has no final error: it is a point
+    of its own on the curve, never averaged in)."""
+    rows = []
+    for (norm, bs, lr), group in runs(df).groupby(["norm", "batch_size", "lr"]):
+        errors = group.loc[group["status"] == "completed", "final_val_error"].astype(float)
+        rows.append({"norm": norm, "batch_size": bs, "lr": lr, "runs": len(group),
+                     "diverged": int((group["status"] == "diverged").sum()),
+                     "unfinished": int((~group["status"].isin(("completed", "diverged"))).sum()),
+                     "error": errors.mean(), "error_min": errors.min(), "error_max": errors.max()})
+    return pd.DataFrame(rows, columns=["norm", "batch_size", "lr", "runs", "diverged", "unfinished", "error",
+                                       "error_min", "error_max"])
+
+
+SGD_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "optim" / "sgd.yaml"  # the writeup's rates
+
+
+def code_rates() -> tuple[dict[str, float], int]:
+    """The writeup's code's one rate per norm (``optim.auto_lr``: "none" for the unnormalized net,
+    "default" for every norm) and the batch size its text scales them from (``optim.ref_batch_size``)."""
+    optim = yaml.safe_load(SGD_CONFIG.read_text())
+    return ({"none": optim["auto_lr"]["without_norm"], "default": optim["auto_lr"]["with_norm"]},
+            int(optim["ref_batch_size"]))
+
+
+def best_rates(rates: pd.DataFrame, fixed: dict[str, float], reference_batch: int) -> pd.DataFrame:
+    """Per norm and batch size (``rate_table`` rows): the best rate and its error; the good band (the rates
+    whose mean error is within ``GOOD_MARGIN`` of the best: lowest, highest, width in decades, and whether
+    it touches the grid's edge); and the error at the fixed protocol's rate (``fixed``: norm -> rate, the
+    same at every batch size) and at that rate scaled linearly with the batch size, both read off the
+    curve by interpolation in log rate (NaN outside the grid or next to a diverged or missing point)."""
+    rows = []
+    for (norm, bs), group in rates.groupby(["norm", "batch_size"]):
+        group = group.sort_values("lr")
+        done = group.dropna(subset=["error"])
+        if done.empty:
+            continue
+        best = done.loc[done["error"].idxmin()]
+        good = done[done["error"] <= best["error"] * (1 + GOOD_MARGIN)]
+        rate = fixed.get(norm, fixed.get("default"))
+        rows.append({"norm": norm, "batch_size": bs, "best_lr": best["lr"], "best_error": best["error"],
+                     "best_runs": best["runs"], "good_low": good["lr"].min(), "good_high": good["lr"].max(),
+                     "good_decades": math.log10(good["lr"].max() / good["lr"].min()),
+                     "good_at_edge": bool(good["lr"].min() == group["lr"].min()
+                                          or good["lr"].max() == group["lr"].max()),
+                     "fixed_lr": rate, "fixed_error": _error_at(group, rate),
+                     "scaled_lr": rate * bs / reference_batch,
+                     "scaled_error": _error_at(group, rate * bs / reference_batch)})
+    return pd.DataFrame(rows)
+
+
+def best_rates_markdown(best: pd.DataFrame) -> str:
+    """``best_rates`` as a Markdown table, errors in %."""
+    def pct(x: float) -> str:
+        return "–" if pd.isna(x) else f"{100 * x:.2f}"
+
+    lines = [f"| norm | batch size | best rate | its error | good band (within {GOOD_MARGIN:.0%}) | decades "
+             "| at the fixed rate | at the scaled rate |", "|---" * 8 + "|"]
+    for r in best.sort_values(["norm", "batch_size"], ascending=[True, False]).itertuples():
+        edge = " (grid edge)" if r.good_at_edge else ""
+        lines.append(f"| {r.norm} | {r.batch_size} | {r.best_lr:g} | {pct(r.best_error)} (n={r.best_runs}) | "
+                     f"{r.good_low:g}–{r.good_high:g}{edge} | {r.good_decades:.1f} | {pct(r.fixed_error)} | "
+                     f"{pct(r.scaled_error)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _error_at(group: pd.DataFrame, lr: float) -> float:
+    """The mean error at ``lr``, interpolated in log rate between the two grid rates around it."""
+    rates = group["lr"].to_numpy(float)
+    if not rates.min() <= lr <= rates.max():
+        return float("nan")
+    upper = int((rates >= lr).argmax())
+    lower = upper if rates[upper] == lr else upper - 1
+    e0, e1 = group["error"].iloc[lower], group["error"].iloc[upper]
+    if lower == upper:
+        return float(e0)
+    t = (math.log(lr) - math.log(rates[lower])) / (math.log(rates[upper]) - math.log(rates[lower]))
+    return float(e0 + t * (e1 - e0))  # NaN where either side diverged
