@@ -423,7 +423,7 @@ def write_report(df: pd.DataFrame, out_dir: Path, fmt: str = "png", writeup_limi
     if len(distance):  # runs on the writeup's data and epochs: how far each lies from its figure's line
         texts["curve_distance.csv"] = distance.to_csv(index=False)
     rates = results.rate_table(df)
-    if (rates.groupby(["norm", "batch_size"])["lr"].nunique() > 1).any():  # the rate is an axis
+    if results.varies_rate(rates):
         best = results.best_rates(rates, *results.code_rates())
         written.append(_save(lr_sensitivity_figure(rates), out_dir / f"lr_sensitivity.{fmt}"))
         written.append(_save(best_rate_figure(best), out_dir / f"best_rate.{fmt}"))

@@ -469,18 +469,24 @@ GOOD_MARGIN = 0.2  # a rate is in a norm's good band where its error is within 2
 
 
 def rate_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per norm, batch size and learning rate: the final validation error of the completed runs (mean, min,
-    max over seeds), how many runs and how many diverged (a diverged run has no final error: it is a point
-    of its own on the curve, never averaged in)."""
+    """Per protocol, norm, batch size and learning rate: the final validation error of the completed runs
+    (mean, min, max over seeds), how many runs and how many diverged (a diverged run has no final error: it
+    is a point of its own on the curve, never averaged in)."""
     rows = []
-    for (norm, bs, lr), group in runs(df).groupby(["norm", "batch_size", "lr"]):
+    for (protocol, norm, bs, lr), group in runs(df).groupby(["protocol", "norm", "batch_size", "lr"]):
         errors = group.loc[group["status"] == "completed", "final_val_error"].astype(float)
-        rows.append({"norm": norm, "batch_size": bs, "lr": lr, "runs": len(group),
+        rows.append({"protocol": protocol, "norm": norm, "batch_size": bs, "lr": lr, "runs": len(group),
                      "diverged": int((group["status"] == "diverged").sum()),
                      "unfinished": int((~group["status"].isin(("completed", "diverged"))).sum()),
                      "error": errors.mean(), "error_min": errors.min(), "error_max": errors.max()})
-    return pd.DataFrame(rows, columns=["norm", "batch_size", "lr", "runs", "diverged", "unfinished", "error",
-                                       "error_min", "error_max"])
+    return pd.DataFrame(rows, columns=["protocol", "norm", "batch_size", "lr", "runs", "diverged",
+                                       "unfinished", "error", "error_min", "error_max"])
+
+
+def varies_rate(rates: pd.DataFrame) -> bool:
+    """Whether the rate is an axis of these runs (``rate_table``): several rates for one norm and batch size
+    within one protocol (the two protocols' own rates, side by side, are not)."""
+    return bool((rates.groupby(["protocol", "norm", "batch_size"])["lr"].nunique() > 1).any())
 
 
 SGD_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "optim" / "sgd.yaml"  # the writeup's rates
@@ -495,13 +501,14 @@ def code_rates() -> tuple[dict[str, float], int]:
 
 
 def best_rates(rates: pd.DataFrame, fixed: dict[str, float], reference_batch: int) -> pd.DataFrame:
-    """Per norm and batch size (``rate_table`` rows): the best rate and its error; the good band (the rates
-    whose mean error is within ``GOOD_MARGIN`` of the best: lowest, highest, width in decades, and whether
-    it touches the grid's edge); and the error at the fixed protocol's rate (``fixed``: norm -> rate, the
-    same at every batch size) and at that rate scaled linearly with the batch size, both read off the
-    curve by interpolation in log rate (NaN outside the grid or next to a diverged or missing point)."""
+    """Per protocol, norm and batch size (``rate_table`` rows): the best rate and its error; the good band
+    (the rates whose mean error is within ``GOOD_MARGIN`` of the best: lowest, highest, width in decades,
+    and whether it touches the grid's edge); and the error at the fixed protocol's rate (``fixed``: norm
+    -> rate, the same at every batch size) and at that rate scaled linearly with the batch size from
+    ``reference_batch``, both read off the curve by interpolation in log rate (NaN outside the grid or
+    next to a diverged or missing point)."""
     rows = []
-    for (norm, bs), group in rates.groupby(["norm", "batch_size"]):
+    for (protocol, norm, bs), group in rates.groupby(["protocol", "norm", "batch_size"]):
         group = group.sort_values("lr")
         done = group.dropna(subset=["error"])
         if done.empty:
@@ -509,8 +516,9 @@ def best_rates(rates: pd.DataFrame, fixed: dict[str, float], reference_batch: in
         best = done.loc[done["error"].idxmin()]
         good = done[done["error"] <= best["error"] * (1 + GOOD_MARGIN)]
         rate = fixed.get(norm, fixed.get("default"))
-        rows.append({"norm": norm, "batch_size": bs, "best_lr": best["lr"], "best_error": best["error"],
-                     "best_runs": best["runs"], "good_low": good["lr"].min(), "good_high": good["lr"].max(),
+        rows.append({"protocol": protocol, "norm": norm, "batch_size": bs, "best_lr": best["lr"],
+                     "best_error": best["error"], "best_runs": best["runs"],
+                     "good_low": good["lr"].min(), "good_high": good["lr"].max(),
                      "good_decades": math.log10(good["lr"].max() / good["lr"].min()),
                      "good_at_edge": bool(good["lr"].min() == group["lr"].min()
                                           or good["lr"].max() == group["lr"].max()),
