@@ -4,7 +4,8 @@
     python -m normexp.train -m experiment=mcn_sweep
 
 The run itself is ``normexp.trainer``'s; this is Hydra's entry, and the one place that turns how a run ended
-into an exit status.
+into an exit status and into the value it returns to a Hydra sweeper (``hydra/sweeper=optuna``): the final
+validation error (the mean over the seeds of a job of ``train.seeds``), ``DIVERGED`` for a run that diverged.
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ from normexp.config import check_command_line  # noqa: E402
 from normexp.trainer import Outcome, Trainer  # noqa: E402
 
 log = logging.getLogger("normexp")
+DIVERGED = 1.0  # what a diverged run returns to a sweeper: every digit wrong, worse than chance (0.9)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if runguard.requested() is not None:
         return not_started(runguard.requested())
@@ -74,6 +76,19 @@ def main(cfg: DictConfig) -> None:
     exit_code = max((o.exit_code for o in outcomes), default=0)
     if exit_code and not runguard.in_worker():  # a worker's sweep exits with it in its main process
         sys.exit(exit_code)
+    return objective(outcomes)
+
+
+def objective(outcomes: list[Outcome]) -> float | None:
+    """The value a sweeper minimizes: the mean final validation error over the runs, DIVERGED for a run
+    that diverged; None where a run did not end (interrupted: the sweep is stopping)."""
+    values = []
+    for outcome in outcomes:
+        if outcome.status == "diverged" or outcome.summary.get("final_val_error") is None:
+            values.append(DIVERGED if outcome.status == "diverged" else None)
+        else:
+            values.append(float(outcome.summary["final_val_error"]))
+    return None if not values or None in values else sum(values) / len(values)
 
 
 def fit(cfg: DictConfig, run_dir: Path) -> list[Outcome]:
