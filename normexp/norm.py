@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from normexp import layers, validation
+from normexp.model import LeNet
 
 PER_CHANNEL = "per_channel"
 
@@ -435,6 +436,14 @@ def create_norm_layer(cfg: DictConfig, num_channels: int) -> nn.Module:
 def create_packed_layer(cfg: DictConfig, num_channels: int, seeds: int) -> nn.Module:
     """The layer for ``num_channels`` channels of ``seeds`` packed seeds (``num_channels / seeds`` each)."""
     return REGISTRY[cfg.name].pack(cfg, num_channels // seeds, seeds)
+
+
+def build_model(cfg: DictConfig, seeds: int = 1) -> LeNet:
+    """The writeup's LeNet with the norm of ``cfg`` (conf/norm) after its first three convolutions, and the
+    weight function and activation the norm asks for; ``seeds`` > 1: that many seeds packed side by side."""
+    layer = (partial(create_norm_layer, cfg) if seeds == 1 else
+             partial(create_packed_layer, cfg, seeds=seeds))
+    return LeNet(layer, conv_weight=conv_weight(cfg), activation=activation(cfg), seeds=seeds)
 
 
 def can_pack(cfg: DictConfig) -> bool:

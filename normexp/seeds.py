@@ -3,7 +3,7 @@
 Each seed is its own run in ``<job folder>/seed=<s>/``, written exactly as if it had run alone: its own
 ``.hydra/`` (``train.seed: s``), metrics.csv, summary.json, checkpoint.pt and lock. As ``train.pack_size``
 says (``perf.pack_size``; a resumed job as its checkpoints record) the seeds train packed in one network
-(``PackedNet``, below), else one after another in this process; either way each seed's initialisation, epoch
+(``model.PackedNet``), else one after another in this process; either way each seed's initialisation, epoch
 order and optimizer state come from its own seed. A seed that diverges ends as diverged at its step and
 leaves the pack; the others go on. The job's own Hydra files go to ``<job folder>/.pack/``, so that the
 results find the seeds' folders and nothing else.
@@ -13,22 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Any
 
-import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from normexp import data, norm, optim, perf, runguard, steps, validation
+from normexp import data, norm, perf, runguard, validation
 from normexp.analysis import runfiles
-from normexp.model import LeNet
-from normexp.trainer import Outcome, Progress, RunState, Trainer, resolve_device
+from normexp.trainer import Group, Outcome, RunState, Trainer, resolve_device
 
 log = logging.getLogger("normexp")
 
@@ -124,13 +116,13 @@ def fit(cfg: DictConfig, job_dir: Path, overrides: list[str] = (), hydra_dir: Pa
             done = run.finished()
             outcomes.append(done) if done is not None else pending.append(run)
         for group in plan(cfg, seeds, pending):
-            outcomes += group.fit() if len(group.runs) > 1 else [group.runs[0].train(group.states[0])]
+            outcomes += group.fit()
             if any(o.signum is not None for o in outcomes):
                 break
     return outcomes
 
 
-def plan(cfg: DictConfig, seeds: list[int], runs: list[Trainer]) -> list[Pack]:
+def plan(cfg: DictConfig, seeds: list[int], runs: list[Trainer]) -> list[Group]:
     """The runs set up (data loaded once) and grouped: a pack of seeds at the same point of training, as
     many as the rule allows, or as their checkpoints record."""
     states: list[RunState] = []
@@ -150,230 +142,11 @@ def plan(cfg: DictConfig, seeds: list[int], runs: list[Trainer]) -> list[Pack]:
     for members in by_point.values():
         for k in range(0, len(members), size):
             chosen = members[k:k + size]
-            groups.append(Pack([runs[i] for i in chosen], [states[i] for i in chosen]))
+            group = Group([runs[i] for i in chosen], [states[i] for i in chosen], packed=len(chosen) > 1)
+            groups.append(group)
     for group in groups:
         together = [r.tc.seed for r in group.runs] if len(group.runs) > 1 else []
         for st in group.states:
             st.pack = {"seeds": seeds, "pack_size": size, "packed_with": together,
                        **({"note": TIMING_NOTE} if together else {})}
     return groups
-
-
-@dataclass
-class Pack:
-    """Seeds trained together: their own runs (for everything a run writes) and one packed network."""
-
-    runs: list[Trainer]
-    states: list[RunState]
-    net: PackedNet | None = None
-    outcomes: list[Outcome] = field(default_factory=list)
-    schedule_values: dict[str, list[float]] = field(default_factory=dict)
-
-    def fit(self) -> list[Outcome]:
-        self.build_net()
-        with steps.StopSignal() as stop:
-            try:
-                while self.runs and self.states[0].epoch < self.runs[0].epochs:
-                    self._train_epoch(stop)
-            except Exception as err:
-                for run, st in zip(self.runs, self.states, strict=True):  # the seeds still in the pack
-                    run.failed(st, err)
-                raise
-        self.outcomes += [run.complete(st) for run, st in zip(self.runs, self.states, strict=True)]
-        return self.outcomes
-
-    def build_net(self) -> None:
-        """The packed network, from the runs' own models and optimizers (a new one when a seed left)."""
-        first = self.runs[0]
-        s = first.setup
-        self.net = build(first.cfg, len(self.runs), first.lr, first.tc.fast, s.device,
-                              s.cpu.memory_format)
-        self.net.load([r.setup.model for r in self.runs], [r.setup.optimizer for r in self.runs])
-        self.schedule_values = {}
-
-    def _unpack(self) -> None:
-        self.net.unload([r.setup.model for r in self.runs], [r.setup.optimizer for r in self.runs])
-
-    def _train_epoch(self, stop: steps.StopSignal) -> None:
-        started = time.perf_counter()
-        batches = [run.begin_epoch(st) for run, st in zip(self.runs, self.states, strict=True)]
-        self.net.model.train()
-        self._follow_schedule(self.states[0].epoch, self.states[0].step)
-        first = self.runs[0]
-        progress = Progress(self.states[0], first.epochs, len(batches[0]), first.show_bar)
-        try:
-            while self.runs and self.states[0].batch < len(batches[0]) and stop.signum is None:
-                before = self.states[0].batch
-                self.train_chunk(batches, stop)
-                if self.runs:
-                    progress.update(self.states[0], self.states[0].batch - before)
-        finally:
-            progress.close()
-        if not self.runs:
-            return
-        for st in self.states:
-            st.epoch_seconds += time.perf_counter() - started
-        self._unpack()
-        if stop.signum is not None:
-            pairs = zip(self.runs, self.states, strict=True)
-            self.outcomes += [r.interrupted(st, stop.signum) for r, st in pairs]
-            self.runs, self.states = [], []
-            return
-        for run, st, b in zip(self.runs, self.states, batches, strict=True):
-            run.end_epoch(st, b)
-
-    def train_chunk(self, batches: list[list[Any]], stop: steps.StopSignal | None = None,
-                    max_steps: int | None = None) -> None:
-        """The next chunk of steps of every seed (``Trainer.train_chunk``'s), one look at their losses, and
-        the seeds that diverged in it out of the pack."""
-        lead = self.runs[0]
-        st0 = self.states[0]
-        start, first, epoch = st0.batch, st0.step, st0.epoch
-        count = min(lead.sync_every, max_steps or lead.sync_every, len(batches[0]) - start)
-        per_step = lead.schedule is not None and lead.schedule.per_step
-        before_step = (lambda step: self._follow_schedule(epoch, step)) if per_step else None
-        taken = train_steps(self.net, lead.setup.train_set, batches, start, count,
-                                 [st.epoch_log for st in self.states], lead.setup.cpu.memory_format, first,
-                                 before_step, stop)
-        diverged = []
-        for i, (run, st) in enumerate(zip(self.runs, self.states, strict=True)):
-            st.step, st.batch = first + taken, start + taken
-            divergence = st.epoch_log.flush(run.tc.max_loss, first + 1, epoch + 1)
-            if divergence is None:
-                run.logger.sync(st.step, st.epoch_log.running_loss)
-            else:
-                diverged.append((i, divergence))
-        if diverged:
-            self._drop(diverged, batches)
-
-    def _drop(self, diverged: list[tuple[int, steps.Divergence]], batches: list[list[Any]]) -> None:
-        """Seeds that diverged end as such; the others are packed again without them."""
-        self._unpack()
-        for i, divergence in reversed(diverged):
-            self.outcomes.append(self.runs[i].diverged(self.states[i], divergence))
-            del self.runs[i], self.states[i], batches[i]
-        if len(self.runs) > 0:
-            self.build_net()
-
-    def _follow_schedule(self, epoch: int, step: int) -> None:
-        """Each seed's scheduled values (its own clock), set in the packed network, one per seed."""
-        lead = self.runs[0]
-        if lead.schedule is None:
-            return
-        for run in self.runs:
-            run.follow_schedule(epoch, step)
-        values = {key: [run.schedule_values[key] for run in self.runs] for key in lead.schedule_values}
-        if values != self.schedule_values:
-            lead.schedule.apply(self.net.model, values)
-            self.schedule_values = values
-
-
-# ---------------------------------------------------------------- the packed network
-# Seeds of one configuration packed side by side in one network (``LeNet(seeds=n)``, as in Packed-Ensembles),
-# each exactly its own run up to float rounding: its own weights, statistics and optimizer state in its own
-# channels, its own batches, its own loss (the packed loss is the sum of the seeds' mean losses, so each
-# seed's gradient is its solo gradient). The state moves between the seeds' own (solo) models and the packed
-# one by name: a packed tensor is its seeds' tensors concatenated along the one axis where its shape differs
-# (stacked, for a layer's scalar), so a seed's checkpoint is a solo run's.
-
-
-def _combined(parts: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    first = parts[0]
-    if like.shape == first.shape:  # a count that every seed shares (BN's num_batches_tracked)
-        return first
-    if like.dim() == first.dim() + 1:
-        return torch.stack(list(parts))
-    axis = next(d for d in range(first.dim()) if like.shape[d] != first.shape[d])
-    return torch.cat(list(parts), axis)
-
-
-def part_of(packed: torch.Tensor, like: torch.Tensor, seed_index: int) -> torch.Tensor:
-    """Seed ``seed_index``'s part of a packed tensor, shaped as ``like`` (its solo tensor): a view."""
-    if packed.shape == like.shape:
-        return packed
-    if packed.dim() == like.dim() + 1:
-        return packed[seed_index]
-    axis = next(d for d in range(like.dim()) if packed.shape[d] != like.shape[d])
-    return packed.narrow(axis, seed_index * like.shape[axis], like.shape[axis])
-
-
-@dataclass
-class PackedNet:
-    """The packed LeNet and its SGD, for ``seeds`` seeds."""
-
-    model: LeNet
-    optimizer: torch.optim.SGD
-    seeds: int
-
-    def load(self, models: Sequence[torch.nn.Module], optimizers: Sequence[torch.optim.Optimizer]) -> None:
-        """The seeds' weights, statistics and momentum, seed i's in its channels."""
-        solo = [m.state_dict() for m in models]
-        with torch.no_grad():
-            for key, target in self.model.state_dict().items():
-                target.copy_(_combined([sd[key] for sd in solo], target))
-            for name, p in self.model.named_parameters():
-                buffers = [o.state.get(dict(m.named_parameters())[name], {}).get("momentum_buffer")
-                           for m, o in zip(models, optimizers, strict=True)]
-                if all(b is not None for b in buffers):
-                    combined = _combined(buffers, p)
-                    self.optimizer.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(combined)
-
-    def unload(self, models: Sequence[torch.nn.Module], optimizers: Sequence[torch.optim.Optimizer]) -> None:
-        """Each seed's part back into its own model and optimizer (which then hold what a solo run would)."""
-        solo = [m.state_dict() for m in models]
-        with torch.no_grad():
-            for key, source in self.model.state_dict().items():
-                for i, sd in enumerate(solo):
-                    sd[key].copy_(part_of(source, sd[key], i))
-            for name, p in self.model.named_parameters():
-                buffer = self.optimizer.state.get(p, {}).get("momentum_buffer")
-                for i, (m, o) in enumerate(zip(models, optimizers, strict=True)):
-                    mine = dict(m.named_parameters())[name]
-                    if buffer is not None:
-                        part = part_of(buffer, mine, i)
-                        o.state[mine]["momentum_buffer"] = torch.empty_like(mine).copy_(part)
-
-
-def build(cfg: DictConfig, seeds: int, lr: float, fused: bool, device: torch.device,
-          memory_format: torch.memory_format) -> PackedNet:
-    """An empty packed LeNet for ``seeds`` seeds and its SGD (the solo run's parameter groups); ``load``
-    fills it."""
-    layer = partial(norm.create_packed_layer, cfg.norm, seeds=seeds)
-    model = LeNet(layer, conv_weight=norm.conv_weight(cfg.norm),
-                  activation=norm.activation(cfg.norm), seeds=seeds).to(device, memory_format=memory_format)
-    optimizer = optim.build(model, cfg.optim, lr, norm.autonn_factors(model, cfg.norm), fused=fused)
-    return PackedNet(model, optimizer, seeds)
-
-
-def train_steps(
-    net: PackedNet,
-    train_set: data.Split,
-    batches: Sequence[Sequence[torch.Tensor]],
-    start: int,
-    count: int,
-    logs: Sequence[steps.EpochLog],
-    memory_format: torch.memory_format = torch.contiguous_format,
-    first_step: int = 0,
-    before_step: Callable[[int], None] | None = None,
-    stop: steps.StopSignal | None = None,
-) -> int:
-    """``steps.train_steps`` for a pack: step ``start + k`` trains seed i on its index batch
-    ``batches[i][start + k]``, recording its loss and logits in ``logs[i]``. Returns the steps taken."""
-    taken = 0
-    for k in range(start, start + count):
-        if before_step is not None:
-            before_step(first_step + taken)
-        parts = [train_set.batch(seed_batches[k]) for seed_batches in batches]
-        x = torch.cat([p[0] for p in parts], 1).contiguous(memory_format=memory_format)
-        y = torch.stack([p[1] for p in parts], 1)  # (batch, seeds)
-        logits = net.model(x).view(len(y), net.seeds, -1)
-        losses = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(0)  # each seed's mean
-        net.optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        net.optimizer.step()
-        for i, log in enumerate(logs):
-            log.record(losses[i], logits[:, i], y[:, i])
-        taken += 1
-        if stop is not None and stop.signum is not None:
-            break
-    return taken

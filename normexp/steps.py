@@ -4,14 +4,14 @@ losses (read with one host sync per chunk of steps), evaluation, and the request
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from normexp import data, runguard
+from normexp import data, model, runguard
 
 SAMPLES_PER_SYNC = 4096  # fast path: look at the losses (one host sync) about this often
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -107,6 +107,40 @@ def train_steps(
         loss.backward()
         optimizer.step()
         epoch_log.record(loss, logits, y)
+        taken += 1
+        if stop is not None and stop.signum is not None:
+            break
+    return taken
+
+
+def train_steps_packed(
+    net: model.PackedNet,
+    train_set: data.Split,
+    batches: Sequence[Sequence[torch.Tensor]],
+    start: int,
+    count: int,
+    logs: Sequence[EpochLog],
+    memory_format: torch.memory_format = torch.contiguous_format,
+    first_step: int = 0,
+    before_step: Callable[[int], None] | None = None,
+    stop: StopSignal | None = None,
+) -> int:
+    """``train_steps`` for seeds packed in one network: step ``start + k`` trains seed i on its index batch
+    ``batches[i][start + k]``, recording its loss and logits in ``logs[i]``. Returns the steps taken."""
+    taken = 0
+    for k in range(start, start + count):
+        if before_step is not None:
+            before_step(first_step + taken)
+        parts = [train_set.batch(seed_batches[k]) for seed_batches in batches]
+        x = torch.cat([p[0] for p in parts], 1).contiguous(memory_format=memory_format)
+        y = torch.stack([p[1] for p in parts], 1)  # (batch, seeds)
+        logits = net.model(x).view(len(y), net.seeds, -1)
+        losses = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(0)  # each seed's mean
+        net.optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        net.optimizer.step()
+        for i, log in enumerate(logs):
+            log.record(losses[i], logits[:, i], y[:, i])
         taken += 1
         if stop is not None and stop.signum is not None:
             break

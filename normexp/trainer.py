@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
@@ -26,16 +25,15 @@ from tqdm import tqdm
 from normexp import (
     data,
     logger,
+    model,
     norm,
     optim,
     perf,
-    provenance,
     runguard,
     steps,
     validation,
 )
 from normexp.analysis import runfiles, sweeps
-from normexp.model import LeNet
 from normexp.steps import EpochLog
 
 log = logging.getLogger("normexp")
@@ -70,7 +68,7 @@ class Setup:
     eval_cpu: perf.CpuSettings  # for validation, which runs in batches of train.eval_batch_size
     train_set: data.Split
     test_set: data.Split
-    model: LeNet
+    model: model.LeNet
     optimizer: torch.optim.SGD
     lr: float
 
@@ -112,8 +110,7 @@ def set_up(cfg: DictConfig, jobs: int, kept: dict[str, Any] | None = None,
     perf.apply(cpu)
     torch.manual_seed(tc.seed)
     train_set, test_set = data.load(cfg.data, device) if splits is None else splits
-    model = LeNet(partial(norm.create_norm_layer, cfg.norm), conv_weight=norm.conv_weight(cfg.norm),
-                  activation=norm.activation(cfg.norm)).to(device, memory_format=cpu.memory_format)
+    model = norm.build_model(cfg.norm).to(device, memory_format=cpu.memory_format)
     lr = optim.learning_rate(cfg.optim, cfg.batch_size, norm.is_normalized(cfg.norm))
     optimizer = optim.build(model, cfg.optim, lr, norm.autonn_factors(model, cfg.norm), fused=tc.fast)
     return Setup(device, cpu, eval_cpu, train_set, test_set, model, optimizer, lr)
@@ -249,20 +246,7 @@ class Trainer:
 
     def train(self, state: RunState) -> Outcome:
         """The planned epochs from ``state`` on, to the run's end."""
-        with steps.StopSignal() as stop, self.failing(state):
-            while state.epoch < self.epochs:
-                outcome = self.train_epoch(state, stop)
-                if outcome is not None:
-                    return outcome
-        return self.complete(state)
-
-    @contextmanager
-    def failing(self, state: RunState) -> Iterator[None]:
-        try:
-            yield
-        except Exception as err:
-            self.failed(state, err)
-            raise
+        return Group([self], [state]).fit()[0]
 
     def failed(self, state: RunState, err: Exception) -> None:
         """An error that ends the run, recorded: summary.json says "failed" (with the error), never "running"
@@ -314,31 +298,10 @@ class Trainer:
             log.info("resuming %s at epoch %d, batch %d", self.run_dir, state.epoch + 1, state.batch)
         state.cpu_settings = {"train": self.setup.cpu.as_dict(), "eval": self.setup.eval_cpu.as_dict()}
         previous = runfiles.read_summary(self.run_dir) if checkpoint is not None else None
-        self.provenance = provenance.extended((previous or {}).get("provenance"), self.setup.device)
+        self.provenance = perf.provenance_extended((previous or {}).get("provenance"), self.setup.device)
         self._clock = time.perf_counter()  # the wall time counts training, not the set-up
         self.logger.start(self._summary("running", state), state.rows)
         return state
-
-    def train_epoch(self, state: RunState, stop: steps.StopSignal) -> Outcome | None:
-        """The rest of epoch ``state.epoch``, then its validation and checkpoint; an outcome where the run
-        ends in it."""
-        started = time.perf_counter()
-        batches = self.begin_epoch(state)
-        progress = Progress(state, self.epochs, len(batches), self.show_bar)
-        try:
-            while state.batch < len(batches) and stop.signum is None:
-                batch_before = state.batch
-                divergence = self.train_chunk(state, batches, stop)
-                if divergence is not None:
-                    return self.diverged(state, divergence)
-                progress.update(state, state.batch - batch_before)
-        finally:
-            progress.close()
-        state.epoch_seconds += time.perf_counter() - started  # the epoch's training time so far
-        if stop.signum is not None:
-            return self.interrupted(state, stop.signum)
-        self.end_epoch(state, batches)
-        return None
 
     def begin_epoch(self, state: RunState) -> list[torch.Tensor]:
         """The index batches of epoch ``state.epoch`` in its seeded order, with the model in training mode
@@ -350,27 +313,6 @@ class Trainer:
             self.schedule.begin_epoch(state.step - state.batch + 1, batches)
         self.follow_schedule(state.epoch, state.step)
         return batches
-
-    def train_chunk(
-        self,
-        state: RunState,
-        batches: list[torch.Tensor],
-        stop: steps.StopSignal | None = None,
-        max_steps: int | None = None,
-    ) -> steps.Divergence | None:
-        """The next ``sync_every`` steps of the epoch (or ``max_steps``; fewer at its end, or when a signal
-        comes), then one look at their losses; the divergence among them, if any."""
-        s, first = self.setup, state.step
-        per_step = self.schedule is not None and self.schedule.per_step
-        before_step = partial(self.follow_schedule, state.epoch) if per_step else None
-        chunk = batches[state.batch : state.batch + min(self.sync_every, max_steps or self.sync_every)]
-        taken = steps.train_steps(s.model, s.optimizer, s.train_set, chunk, state.epoch_log,
-                                  s.cpu.memory_format, first, before_step, stop)
-        state.step, state.batch = first + taken, state.batch + taken
-        divergence = state.epoch_log.flush(self.tc.max_loss, first + 1, state.epoch + 1)
-        if divergence is None:
-            self.logger.sync(state.step, state.epoch_log.running_loss)
-        return divergence
 
     def follow_schedule(self, epoch: int, step: int) -> None:
         """The norm's scheduled values for the step after ``step`` steps, during epoch ``epoch`` (from 0)."""
@@ -449,7 +391,7 @@ class Trainer:
             "mkldnn": s.cpu.mkldnn, "fast": self.tc.fast, "channels_last": s.cpu.channels_last,
             "cpu_settings_from": s.cpu.source, "eval_cpu_settings": s.eval_cpu.as_dict(),
             "protocol": sweeps.protocol_name(protocol), "protocol_settings": protocol,
-            "peak_rss_mb": round(provenance.peak_rss_mb(), 1), "provenance": self.provenance,
+            "peak_rss_mb": round(perf.peak_rss_mb(), 1), "provenance": self.provenance,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             **({"pack": state.pack} if state.pack else {}), **extra,
         }
@@ -461,6 +403,168 @@ class Trainer:
         log.info("%s, batch size %d, lr %.3g, %d epochs on %s (%d threads, oneDNN %s) -> %s",
                  self.cfg.norm.name, self.batch_size, self.lr, self.epochs, self.setup.device, cpu.threads,
                  "on" if cpu.mkldnn else "off", self.run_dir)
+
+
+def packed_net(cfg: DictConfig, seeds: int, lr: float, fused: bool, device: torch.device,
+               memory_format: torch.memory_format) -> model.PackedNet:
+    """An empty packed LeNet for ``seeds`` seeds of this configuration and its SGD (the solo run's parameter
+    groups); ``PackedNet.load`` fills it."""
+    net = norm.build_model(cfg.norm, seeds).to(device, memory_format=memory_format)
+    optimizer = optim.build(net, cfg.optim, lr, norm.autonn_factors(net, cfg.norm), fused=fused)
+    return model.PackedNet(net, optimizer, seeds)
+
+
+@dataclass
+class Group:
+    """Runs that train in step, through the one epoch loop: a single run, on its own model with the
+    textbook step (``steps.train_steps``), or seeds of one configuration packed side by side in one network
+    (``packed``: ``model.PackedNet`` and ``steps.train_steps_packed``), each seed its own run for everything
+    it writes. A run that diverges ends as diverged at its step and leaves the group; the others go on."""
+
+    runs: list[Trainer]
+    states: list[RunState]
+    packed: bool = False
+    timing: bool = False  # for the timing tools (normexp.tune, scripts/bench.py): a divergence only counted
+    net: model.PackedNet | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+    schedule_values: dict[str, list[float]] = field(default_factory=dict)  # the packed network's
+    batches: list[list[torch.Tensor]] | None = None  # run_steps's epoch in progress
+    divergences: int = 0  # while timing
+
+    def fit(self) -> list[Outcome]:
+        """The planned epochs of every run, from where their states are, to their ends."""
+        self.build_net()
+        with steps.StopSignal() as stop:
+            try:
+                while self.runs and self.states[0].epoch < self.runs[0].epochs:
+                    self.train_epoch(stop)
+            except Exception as err:
+                for run, st in zip(self.runs, self.states, strict=True):  # the runs still training
+                    run.failed(st, err)
+                raise
+        self.outcomes += [run.complete(st) for run, st in zip(self.runs, self.states, strict=True)]
+        return self.outcomes
+
+    def train_epoch(self, stop: steps.StopSignal) -> None:
+        """The rest of the epoch in progress, then each run's validation and checkpoint (or its checkpoint
+        where a signal came)."""
+        started = time.perf_counter()
+        batches = self.begin_epoch()
+        first = self.runs[0]
+        progress = Progress(self.states[0], first.epochs, len(batches[0]), first.show_bar)
+        try:
+            while self.runs and self.states[0].batch < len(batches[0]) and stop.signum is None:
+                before = self.states[0].batch
+                self.train_chunk(batches, stop)
+                if self.runs:
+                    progress.update(self.states[0], self.states[0].batch - before)
+        finally:
+            progress.close()
+        if not self.runs:
+            return
+        for st in self.states:
+            st.epoch_seconds += time.perf_counter() - started  # the epoch's training time so far
+        self.unload()
+        if stop.signum is not None:
+            pairs = zip(self.runs, self.states, strict=True)
+            self.outcomes += [run.interrupted(st, stop.signum) for run, st in pairs]
+            self.runs, self.states = [], []
+            return
+        for run, st, b in zip(self.runs, self.states, batches, strict=True):
+            run.end_epoch(st, b)
+
+    def begin_epoch(self) -> list[list[torch.Tensor]]:
+        """Each run's index batches of the epoch, in its seeded order, with the network in training mode
+        and the norm's schedule where the epoch starts."""
+        batches = [run.begin_epoch(st) for run, st in zip(self.runs, self.states, strict=True)]
+        if self.net is not None:
+            self.net.model.train()
+            self.follow_schedule(self.states[0].epoch, self.states[0].step)
+        return batches
+
+    def train_chunk(self, batches: list[list[torch.Tensor]], stop: steps.StopSignal | None = None,
+                    max_steps: int | None = None) -> None:
+        """The next ``sync_every`` steps of the epoch (or ``max_steps``; fewer at its end, or when a signal
+        comes), then one look at each run's losses; the runs that diverged in them leave the group."""
+        lead, st0 = self.runs[0], self.states[0]
+        start, first, epoch, s = st0.batch, st0.step, st0.epoch, lead.setup
+        count = min(lead.sync_every, max_steps or lead.sync_every, len(batches[0]) - start)
+        per_step = lead.schedule is not None and lead.schedule.per_step
+        before_step = partial(self.follow_schedule, epoch) if per_step else None
+        if self.net is None:
+            taken = steps.train_steps(s.model, s.optimizer, s.train_set, batches[0][start:start + count],
+                                      st0.epoch_log, s.cpu.memory_format, first, before_step, stop)
+        else:
+            taken = steps.train_steps_packed(self.net, s.train_set, batches, start, count,
+                                             [st.epoch_log for st in self.states], s.cpu.memory_format,
+                                             first, before_step, stop)
+        diverged = []
+        for i, (run, st) in enumerate(zip(self.runs, self.states, strict=True)):
+            st.step, st.batch = first + taken, start + taken
+            divergence = st.epoch_log.flush(run.tc.max_loss, first + 1, epoch + 1)
+            if divergence is None:
+                run.logger.sync(st.step, st.epoch_log.running_loss)
+            else:
+                diverged.append((i, divergence))
+        if diverged and self.timing:
+            self.divergences += len(diverged)
+        elif diverged:
+            self.drop(diverged, batches)
+
+    def run_steps(self, count: int) -> int:
+        """``count`` more steps of every run, in the loop's own chunks and epoch orders, into the next epoch
+        without validating or saving (what the timing tools time); the samples trained, of all runs."""
+        samples = 0
+        while count > 0:
+            if self.batches is None or self.states[0].batch == len(self.batches[0]):
+                if self.batches is not None:
+                    for st in self.states:
+                        st.new_epoch()
+                self.batches = self.begin_epoch()
+            first = self.states[0].batch
+            self.train_chunk(self.batches, max_steps=count)
+            count -= self.states[0].batch - first
+            samples += len(self.runs) * sum(len(b) for b in self.batches[0][first:self.states[0].batch])
+        return samples
+
+    def drop(self, diverged: list[tuple[int, steps.Divergence]], batches: list[list[torch.Tensor]]) -> None:
+        """Runs that diverged end as such; the others go on (packed again without them)."""
+        self.unload()
+        for i, divergence in reversed(diverged):
+            self.outcomes.append(self.runs[i].diverged(self.states[i], divergence))
+            del self.runs[i], self.states[i], batches[i]
+        if self.runs:
+            self.build_net()
+
+    def build_net(self) -> None:
+        """The packed network, from the runs' own models and optimizers (a new one when a seed left)."""
+        if not self.packed:
+            return
+        first = self.runs[0]
+        s = first.setup
+        self.net = packed_net(first.cfg, len(self.runs), first.lr, first.tc.fast, s.device,
+                              s.cpu.memory_format)
+        self.net.load([r.setup.model for r in self.runs], [r.setup.optimizer for r in self.runs])
+        self.schedule_values = {}
+
+    def unload(self) -> None:
+        """The packed network's state back into each run's own model and optimizer."""
+        if self.net is not None:
+            self.net.unload([r.setup.model for r in self.runs], [r.setup.optimizer for r in self.runs])
+
+    def follow_schedule(self, epoch: int, step: int) -> None:
+        """Each run's scheduled values (its own clock); packed, set in the network, one per seed."""
+        lead = self.runs[0]
+        if lead.schedule is None:
+            return
+        for run in self.runs:
+            run.follow_schedule(epoch, step)
+        if self.net is None:
+            return
+        values = {key: [run.schedule_values[key] for run in self.runs] for key in lead.schedule_values}
+        if values != self.schedule_values:
+            lead.schedule.apply(self.net.model, values)
+            self.schedule_values = values
 
 
 def validate(cfg: DictConfig) -> list[str]:

@@ -28,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -93,37 +93,33 @@ def candidates(cores: int) -> list[perf.CpuSettings]:
     return [perf.CpuSettings(t, mkldnn, channels_last) for t in threads for mkldnn, channels_last in layouts]
 
 
-# ---------------------------------------------------------------- the timed work (re-point it here)
-
-
-def loop_pieces() -> tuple[Any, Any]:
-    """The trainer's ``set_up`` and the module holding its step loop (``train_steps``, ``EpochLog``,
-    ``steps_per_sync``, ``evaluate``)."""
-    from normexp import steps, trainer
-
-    return trainer.set_up, steps
+# ---------------------------------------------------------------- the timed work
 
 
 @dataclass
 class Work:
-    """One candidate's own run set-up (its model, optimizer and data) and how far its epochs have got."""
+    """One candidate's own run (its model, optimizer and data, under the candidate's settings) in the one
+    epoch loop (``trainer.Group``, timing: its folder is never written)."""
 
     settings: perf.CpuSettings
     cfg: DictConfig
     evaluation: bool  # time evaluation passes over the test split instead of training steps
-    setup: Any = None
-    loop: Any = None
-    batches: list[torch.Tensor] = field(default_factory=list)
-    epoch: int = 0
-    step: int = 0
+    group: Any = None
     diverged: bool = False
 
     def __post_init__(self) -> None:
-        set_up, self.loop = loop_pieces()
-        self.setup = set_up(self.cfg, 1)
+        from normexp import trainer  # the run and its loop, which this module's callers need not load
+
+        run = trainer.Trainer(self.cfg, Path(tempfile.gettempdir()), jobs=1)
+        setup = run.build()
         # the candidate's layout, which the rule may not give this batch size (its optimizer has no state yet)
-        self.setup.model.to(memory_format=self.settings.memory_format)
-        self.setup.cpu = self.setup.eval_cpu = self.settings
+        setup.model.to(memory_format=self.settings.memory_format)
+        setup.cpu = setup.eval_cpu = self.settings
+        self.group = trainer.Group([run], [trainer.RunState()], timing=True)
+
+    @property
+    def setup(self) -> Any:
+        return self.group.runs[0].setup
 
     @property
     def samples_per_unit(self) -> int:
@@ -131,34 +127,21 @@ class Work:
 
 
 def timed(work: Work, units: int) -> float:
-    """Samples/s of ``units`` training steps, taken as the trainer takes them (``train_steps`` on chunks of
-    ``steps_per_sync`` batches of the epoch's seeded order, each followed by ``EpochLog.flush``, its one
-    host sync), or of ``units`` evaluations of the test split as validation runs them."""
-    s, loop, cfg = work.setup, work.loop, work.cfg
+    """Samples/s of ``units`` training steps, taken as a run takes them (the one epoch loop's chunks, each
+    followed by its one host sync), or of ``units`` evaluations of the test split as validation runs them."""
+    from normexp import steps
+
+    s = work.setup
     perf.apply(work.settings)
-    fmt = work.settings.memory_format
-    if work.evaluation:
-        start = time.perf_counter()
-        for _ in range(units):
-            loop.evaluate(s.model, s.test_set, cfg.batch_size, fmt)
-        return units * len(s.test_set) / (time.perf_counter() - start)
-    while len(work.batches) < units:  # drawn before the clock starts
-        n, bs = len(s.train_set), cfg.batch_size
-        work.batches += data.epoch_order(n, bs, cfg.train.seed, work.epoch, s.device)
-        work.epoch += 1
-    batches, work.batches = work.batches[:units], work.batches[units:]
-    sync = loop.steps_per_sync(cfg.batch_size, cfg.train.fast)
-    s.model.train()
     start = time.perf_counter()
-    for i in range(0, units, sync):
-        epoch_log = loop.EpochLog()
-        chunk = batches[i : i + sync]
-        loop.train_steps(s.model, s.optimizer, s.train_set, chunk, epoch_log, fmt, first_step=work.step)
-        bad = epoch_log.flush(cfg.train.max_loss, work.step + 1, 1)
-        work.step += len(chunk)
-        work.diverged |= bad is not None
+    if work.evaluation:
+        for _ in range(units):
+            steps.evaluate(s.model, s.test_set, work.cfg.batch_size, work.settings.memory_format)
+        return units * len(s.test_set) / (time.perf_counter() - start)
+    samples = work.group.run_steps(units)
     seconds = time.perf_counter() - start
-    return sum(len(b) for b in batches) / seconds
+    work.diverged |= work.group.divergences > 0
+    return samples / seconds
 
 
 # ---------------------------------------------------------------- measuring

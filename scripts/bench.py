@@ -4,7 +4,7 @@
     python scripts/bench.py --norms gn --batch-sizes 1,256 --seconds 2 --json gn.json
     python scripts/bench.py --device cuda
 
-(a) normexp: the trainer's own set-up (Trainer.build) and its chunk step (Trainer.train_chunk: SGD steps,
+(a) normexp: the trainer's own set-up (Trainer.build) and its chunk step (Group.train_chunk: SGD steps,
     then one look at the losses every train.steps_per_sync steps) on the training split in memory.
 (b) reference: the loop of pytorch/examples' mnist/main.py: torchvision's MNIST with ToTensor and Normalize, a
     DataLoader(shuffle=True), the same LeNet, torch.optim.SGD with momentum and weight decay, default torch
@@ -12,10 +12,10 @@
 Each repetition times a block of one, then of the other (the order alternates); the table shows medians.
 Without --data-root both read the same synthetic MNIST-format files of 60,000 + 10,000 random digits.
 
-With --packed, instead: three seeds of one configuration (train.seeds) packed in one network (normexp.seeds'
-own Pack and its chunk step), against the same three seeds one after another, against one seed alone
-(normexp's own fast path, the price of one), interleaved; and the 3-seed mcn_sweep on complete MNIST
-estimated from those step times against three times its one-seed sweep.
+With --packed, instead: three seeds of one configuration (train.seeds) packed in one network (normexp's own
+loop on a group of them: trainer.Group and its chunk step), against the same three seeds one after another,
+against one seed alone (normexp's own fast path, the price of one), interleaved; and the 3-seed mcn_sweep on
+complete MNIST estimated from those step times against three times its one-seed sweep.
 
     python scripts/bench.py --packed              # gn,bn at batch sizes 1,2,4,16,256 (~5 minutes)
 
@@ -52,7 +52,7 @@ import torch.nn.functional as F  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from normexp import data, norm, optim, perf, provenance, seeds, trainer, validation  # noqa: E402
+from normexp import data, norm, optim, perf, seeds, trainer, validation  # noqa: E402
 from normexp.analysis import runfiles, sweeps  # noqa: E402
 from normexp.model import LeNet  # noqa: E402
 from normexp.trainer import RunState, Trainer  # noqa: E402
@@ -102,67 +102,29 @@ def sweep_runs(data_root: Path, device: str) -> list[tuple[str, int, int]]:
 
 
 class NormexpLoop:
-    """normexp's training path: the trainer's own set-up and chunk step (``Trainer.train_chunk``), epoch
-    after epoch in the trainer's orders."""
+    """normexp's training path: the runs' own set-ups and the one epoch loop's chunk step
+    (``trainer.Group.train_chunk``), epoch after epoch in the runs' orders; one run, or seeds packed in one
+    network as a job of train.seeds trains them (the data loaded once)."""
 
-    def __init__(self, cfg: DictConfig, jobs: int) -> None:
-        self.trainer = Trainer(cfg, Path(tempfile.gettempdir()), jobs)  # its folder is never written here
-        self.setup, self.cfg = self.trainer.build(), cfg
-        self.device = self.setup.device
-        self.state, self.batches = RunState(), self.trainer.begin_epoch(RunState())
+    def __init__(self, cfg: DictConfig, jobs: int, chosen: list[int] | None = None) -> None:
+        folder = Path(tempfile.gettempdir())  # never written here
+        configs = [cfg] if chosen is None else [seeds.seed_config(cfg, s) for s in chosen]
+        self.runs = [Trainer(c, folder, jobs) for c in configs]
+        self.setup, self.cfg = self.runs[0].build(), cfg
+        for run in self.runs[1:]:
+            run.build(splits=(self.setup.train_set, self.setup.test_set))
+        self.device, self.states = self.setup.device, [RunState() for _ in self.runs]
+        self.group = trainer.Group(list(self.runs), self.states, packed=len(self.runs) > 1, timing=True)
+        self.group.build_net()
 
     def run(self, steps: int) -> int:
-        """Trains ``steps`` steps; returns the number of samples."""
+        """Trains ``steps`` steps (of every seed); returns the number of samples (of all seeds)."""
         perf.apply(self.setup.cpu)
         trainer.exact_float32(self.device)
-        self.setup.model.train()
-        samples = 0
-        while steps > 0:
-            if self.state.batch == len(self.batches):
-                self.state.new_epoch()
-                self.batches = self.trainer.begin_epoch(self.state)
-            first = self.state.batch
-            self.trainer.train_chunk(self.state, self.batches, max_steps=steps)
-            steps -= self.state.batch - first
-            samples += sum(len(b) for b in self.batches[first : self.state.batch])
-        return samples
+        return self.group.run_steps(steps)
 
     def evaluate(self) -> None:
         self.setup.evaluate(self.cfg.train.eval_batch_size)
-
-
-class PackedLoop:
-    """Seeds of one configuration trained packed, as a job of train.seeds trains them: their own runs'
-    set-ups (the data loaded once) in one ``seeds.Pack``, chunk after chunk, epoch after epoch."""
-
-    def __init__(self, cfg: DictConfig, chosen: list[int], jobs: int) -> None:
-        folder = Path(tempfile.gettempdir())  # never written here
-        self.runs = [Trainer(seeds.seed_config(cfg, s), folder, jobs) for s in chosen]
-        self.setup = self.runs[0].build()
-        for run in self.runs[1:]:
-            run.build(splits=(self.setup.train_set, self.setup.test_set))
-        self.device, self.states = self.setup.device, [RunState() for _ in chosen]
-        self.pack = seeds.Pack(list(self.runs), self.states)
-        self.pack.build_net()
-        self.batches = [run.begin_epoch(st) for run, st in zip(self.runs, self.states, strict=True)]
-
-    def run(self, steps: int) -> int:
-        """Trains ``steps`` steps of every seed; returns the number of samples of all seeds."""
-        perf.apply(self.setup.cpu)
-        trainer.exact_float32(self.device)
-        self.pack.net.model.train()
-        samples = 0
-        while steps > 0:
-            if self.states[0].batch == len(self.batches[0]):
-                for st in self.states:
-                    st.new_epoch()
-                self.batches = [run.begin_epoch(st) for run, st in zip(self.runs, self.states, strict=True)]
-                self.pack.net.model.train()
-            first = self.states[0].batch
-            self.pack.train_chunk(self.batches, max_steps=steps)
-            steps -= self.states[0].batch - first
-            samples += len(self.runs) * sum(len(b) for b in self.batches[0][first : self.states[0].batch])
-        return samples
 
 
 class SequentialLoop:
@@ -273,7 +235,7 @@ def compare_packed(norm_name: str, batch_size: int, args: argparse.Namespace, da
     cfg = run_config(norm_name, batch_size, data_root, args.device)
     chosen = [0, 1, 2]
     loops = {"one": NormexpLoop(cfg, jobs=1), "sequential": SequentialLoop(cfg, chosen, jobs=1),
-             "packed": PackedLoop(cfg, chosen, jobs=1)}
+             "packed": NormexpLoop(cfg, 1, chosen)}
     for loop in loops.values():
         timed(loop, WARMUP_STEPS)
     steps = args.steps or max(WARMUP_STEPS, math.ceil(
@@ -363,7 +325,7 @@ def probe(norm_name: str, batch_size: int, args: argparse.Namespace, data_root: 
         "eval_seconds": eval_seconds, "test_size": len(loop.setup.test_set),
         "train_size": len(loop.setup.train_set),
         "checkpoint_seconds": save_seconds, "startup_seconds": startup,
-        "peak_rss_mb": provenance.peak_rss_mb(),
+        "peak_rss_mb": perf.peak_rss_mb(),
         "settings": asdict(loop.setup.cpu),
     }  # fmt: skip
 

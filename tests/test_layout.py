@@ -11,9 +11,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "normexp"
 # each module may import only modules of earlier layers
 LAYERS = [
-    {"validation", "analysis.runfiles", "layers"},
-    {"analysis.sweeps", "data", "model", "norm", "optim", "perf", "logger"},
-    {"analysis.results", "analysis.status", "runguard", "provenance"},
+    {"validation", "analysis.runfiles", "layers", "model"},
+    {"analysis.sweeps", "data", "norm", "optim", "perf", "logger"},
+    {"analysis.results", "analysis.status", "runguard"},
     {"analysis.claims"},
     {"analysis.plots"},
     {"steps"},

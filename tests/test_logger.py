@@ -15,7 +15,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from normexp import config, logger
 from normexp.analysis import runfiles
-from normexp.trainer import Trainer
+from normexp.trainer import Group, Trainer
 
 QUIET = ["train.threads=1", "train.progress=false", "data.download=false"]
 
@@ -123,9 +123,10 @@ def test_an_interrupted_run_resumes_its_running_loss_where_it_stopped(tiny_mnist
     run.mkdir()
     trainer.build()
     state = trainer.start()
-    batches = trainer.begin_epoch(state)
+    group = Group([trainer], [state])
+    batches = group.begin_epoch()
     for _ in range(5):
-        trainer.train_chunk(state, batches)
+        group.train_chunk(batches)
     outcome = trainer.interrupted(state, 15)  # as a SIGTERM after step 5 ends it
     assert outcome.status == "interrupted"
     assert fit(tiny_mnist, run, "train.epochs=2").status == "completed"

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from normexp.layers import TLU, EvoNormS0, FilterResponseNorm2d, GroupNorm, StandardizedWeight
-from normexp.model import LeNet
+from normexp.model import LeNet, part_of
 from normexp.norm import (
     NORM_NAMES,
     BatchNorm2d,
@@ -28,7 +28,6 @@ from normexp.norm import (
     set_renorm_limits,
     validate,
 )
-from normexp.seeds import part_of
 
 EPS = 1e-4
 CHANNELS = (20, 50, 500)

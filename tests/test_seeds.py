@@ -29,6 +29,7 @@ from helpers import ROOT, compose_config, run_cli, run_cli_many, write_mnist
 from steptrace import STEPS, differences, layer_values, statistics, trace
 
 from normexp import data, norm, perf, seeds, steps, trainer
+from normexp.model import part_of
 from normexp.trainer import Trainer
 
 SEEDS = [0, 1, 2]
@@ -71,7 +72,7 @@ def packed_traces(cfg) -> list[dict]:
     setups = [trainer.set_up(seeds.seed_config(cfg, s), jobs=1) for s in cfg.train.seeds]
     models, optimizers = [s.model for s in setups], [s.optimizer for s in setups]
     lead, fmt = setups[0], setups[0].cpu.memory_format
-    net = seeds.build(cfg, len(setups), lead.lr, cfg.train.fast, lead.device, fmt)
+    net = trainer.packed_net(cfg, len(setups), lead.lr, cfg.train.fast, lead.device, fmt)
     net.load(models, optimizers)
     if cfg.norm.name == "brn":
         norm.set_renorm_limits(net.model, 1.5, 0.5)  # as steptrace.trace: r and d clipped
@@ -83,14 +84,14 @@ def packed_traces(cfg) -> list[dict]:
     net.model.train()
     for k in range(STEPS):
         logs = [steps.EpochLog() for _ in setups]
-        seeds.train_steps(net, lead.train_set, batches, k, 1, logs, fmt)
+        steps.train_steps_packed(net, lead.train_set, batches, k, 1, logs, fmt)
         net.unload(models, optimizers)
         for i, (model, log) in enumerate(zip(models, logs, strict=True)):
             (loss, logits, _), = log.pending
             found[i]["loss"].append(loss.double())
             found[i]["logits"].append(logits.double())
             for name, p in model.named_parameters():
-                p.grad = seeds.part_of(packed[name].grad, p, i)
+                p.grad = part_of(packed[name].grad, p, i)
             found[i]["grad"].append(layer_values(model, lambda p: p.grad))
     for i, model in enumerate(models):
         after = layer_values(model, lambda p: p)
@@ -145,7 +146,7 @@ def test_a_seed_that_diverges_leaves_the_others_as_their_solo_runs(tmp_path, tin
                                                                   monkeypatch):
     """Seed 1's weights are poisoned as the pack is built: it diverges at its first step, is recorded so,
     and seeds 0 and 2 train on as if alone (no NaN reaches their weights, statistics or losses)."""
-    built = seeds.build
+    built = trainer.packed_net
 
     def poisoned(*args, **kwargs):
         net = built(*args, **kwargs)
@@ -159,7 +160,7 @@ def test_a_seed_that_diverges_leaves_the_others_as_their_solo_runs(tmp_path, tin
         net.load = load
         return net
 
-    monkeypatch.setattr(seeds, "build", poisoned)
+    monkeypatch.setattr(trainer, "packed_net", poisoned)
     cfg = config(tiny_mnist, "gn", f"train.seeds={SEEDS}", PACKED)
     seeds.fit(cfg, tmp_path / "pack", jobs=1)
     monkeypatch.undo()
