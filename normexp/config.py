@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from normexp import data, logger, norm, optim, runguard, seeds, trainer
+from normexp import data, logger, norm, optim, runguard, trainer
 from normexp.analysis import runfiles, sweeps
 from normexp.analysis.runfiles import RunFolderError
 from normexp.model import LeNet
@@ -34,7 +34,7 @@ def problems(cfg: DictConfig, fetch: bool = False) -> list[str]:
     With ``fetch``, missing data is downloaded (where ``data.download`` allows) once everything else is valid,
     so that the batch size can be checked against the training split."""
     found = norm.validate(cfg.norm, LeNet.CHANNELS) + optim.validate(cfg.optim) + trainer.validate(cfg.train)
-    found += logger.validate(cfg.get("logger")) + seeds.validate(cfg)
+    found += logger.validate(cfg.get("logger")) + trainer.validate_seeds(cfg)
     bs = cfg.batch_size
     if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
         found.append(f"batch_size={bs!r}: must be an integer >= 1")
@@ -221,8 +221,8 @@ def run_folders(job_dir: Path, cfg: DictConfig) -> list[tuple[Path, DictConfig]]
     if cfg.train.get("seeds") is None:
         return [(job_dir, cfg)]
     chosen = [int(s) for s in cfg.train.seeds]
-    dirs = seeds.run_dirs(job_dir, chosen)
-    return [(d, seeds.seed_config(cfg, s)) for d, s in zip(dirs, chosen, strict=True)]
+    dirs = trainer.run_dirs(job_dir, chosen)
+    return [(d, trainer.seed_config(cfg, s)) for d, s in zip(dirs, chosen, strict=True)]
 
 
 def run_folder_problems(config: DictConfig) -> list[str]:

@@ -33,10 +33,10 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from normexp import data, runguard, seeds  # noqa: E402
+from normexp import data, runguard, trainer  # noqa: E402
 from normexp.analysis.runfiles import RunFolderError  # noqa: E402
 from normexp.config import check_command_line  # noqa: E402
-from normexp.trainer import Outcome, Trainer  # noqa: E402
+from normexp.trainer import Outcome  # noqa: E402
 
 log = logging.getLogger("normexp")
 DIVERGED = 1.0  # what a diverged run returns to a sweeper: every digit wrong, worse than chance (0.9)
@@ -94,9 +94,9 @@ def objective(outcomes: list[Outcome]) -> float | None:
 def fit(cfg: DictConfig, run_dir: Path) -> list[Outcome]:
     """The run, or each seed of a job of ``train.seeds`` (in its folder below the job's)."""
     if cfg.train.get("seeds") is None:
-        return [Trainer(cfg, run_dir).fit()]
+        return [trainer.Trainer(cfg, run_dir).fit()]
     hydra = HydraConfig.get()
-    return seeds.fit(cfg, run_dir, list(hydra.overrides.task), run_dir / str(hydra.output_subdir))
+    return trainer.fit_seeds(cfg, run_dir, list(hydra.overrides.task), run_dir / str(hydra.output_subdir))
 
 
 def not_started(signum: int) -> None:

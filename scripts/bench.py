@@ -52,7 +52,7 @@ import torch.nn.functional as F  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from normexp import data, norm, optim, perf, seeds, trainer, validation  # noqa: E402
+from normexp import data, norm, optim, perf, trainer, validation  # noqa: E402
 from normexp.analysis import runfiles, sweeps  # noqa: E402
 from normexp.model import LeNet  # noqa: E402
 from normexp.trainer import RunState, Trainer  # noqa: E402
@@ -108,7 +108,7 @@ class NormexpLoop:
 
     def __init__(self, cfg: DictConfig, jobs: int, chosen: list[int] | None = None) -> None:
         folder = Path(tempfile.gettempdir())  # never written here
-        configs = [cfg] if chosen is None else [seeds.seed_config(cfg, s) for s in chosen]
+        configs = [cfg] if chosen is None else [trainer.seed_config(cfg, s) for s in chosen]
         self.runs = [Trainer(c, folder, jobs) for c in configs]
         self.setup, self.cfg = self.runs[0].build(), cfg
         for run in self.runs[1:]:
@@ -131,7 +131,7 @@ class SequentialLoop:
     """The same seeds one after another in one process: each seed's own normexp loop in turn."""
 
     def __init__(self, cfg: DictConfig, chosen: list[int], jobs: int) -> None:
-        self.loops = [NormexpLoop(seeds.seed_config(cfg, s), jobs) for s in chosen]
+        self.loops = [NormexpLoop(trainer.seed_config(cfg, s), jobs) for s in chosen]
         self.device = self.loops[0].device
 
     def run(self, steps: int) -> int:

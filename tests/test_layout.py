@@ -18,7 +18,6 @@ LAYERS = [
     {"analysis.plots"},
     {"steps"},
     {"trainer"},
-    {"seeds"},
     {"config", "tune"},
     {"train"},
 ]

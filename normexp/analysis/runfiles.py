@@ -32,7 +32,7 @@ SUMMARY_FIELDS = {  # the summary fields readers rely on: what each must hold wh
 }
 LOCK = ".normexp.lock"  # holds "<pid> <host>" of the process that has the folder
 WRITTEN = (LOCK, MARKER, SUMMARY, METRICS, CHECKPOINT)  # what normexp itself writes in a run folder
-SEED_FOLDER = "seed={}"  # a seed's run folder in a job of train.seeds (normexp.seeds), e.g. seed=2
+SEED_FOLDER = "seed={}"  # a seed's run folder in a job of train.seeds (normexp.trainer), e.g. seed=2
 
 
 def is_seed_folder(path: Path) -> bool:

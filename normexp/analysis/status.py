@@ -19,7 +19,7 @@ that starts jobs in order and fewer at once than there are, resumes when the swe
 it. Only files written atomically are read, so a run writing while this reads is seen before or after the
 write, never half-way.
 
-A job of ``train.seeds`` (seeds trained together, ``normexp.seeds``) is one job with a row per seed, read
+A job of ``train.seeds`` (seeds trained together, ``normexp.trainer``) is one job with a row per seed, read
 from its ``seed=<s>/`` folders: it holds one slot, its seeds trained in packs (each pack's epochs take the
 pack's time, as its metrics record) or one after another, and a seed that waits its turn is not stalled
 while its job writes.
