@@ -282,3 +282,13 @@ def test_the_best_rate_its_good_band_and_the_protocols_rates(rate_grid):
 
 def test_the_code_rates_are_the_configs():
     assert results.code_rates() == ({"none": 0.001, "default": 0.01}, 256)
+
+
+def test_the_claims_runs_at_the_fixed_and_at_the_best_rate(rate_grid):
+    df = results.load([rate_grid])
+    best = results.best_rates(results.rate_table(df), {"default": 0.001}, 256)
+    chosen = results.at_rates(df, best).drop_duplicates(["run_dir", "protocol"])  # a run may stand twice
+    picked = sorted(zip(chosen["protocol"], chosen["norm"], chosen["lr"], chosen["seed"], strict=True))
+    assert picked == [("text at its best rate", "bn", 0.01, 0), ("text at its best rate", "bn", 0.01, 1),
+                      ("text at its best rate", "gn", 0.001, 0),
+                      ("text at the fixed rate", "bn", 0.001, 0), ("text at the fixed rate", "gn", 0.001, 0)]

@@ -25,14 +25,16 @@ FINISHED = ("completed", "diverged")
 
 
 def final_errors(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: norm, batch size, seed, status, final and best validation error, and its swing
-    (highest minus lowest validation error over the second half of its epochs)."""
+    """One row per run and protocol (a run may stand for two: its own, and as a norm's best rate): norm,
+    batch size, seed, status, final and best validation error, and its swing (highest minus lowest
+    validation error over the second half of its epochs)."""
     rows = []
-    for run_dir, run in df.groupby("run_dir"):
+    for (run_dir, protocol), run in df.groupby(["run_dir", "protocol"], sort=False):
         epochs = run.dropna(subset=["epoch"]).sort_values("epoch")
         late = epochs["val_error"].iloc[len(epochs) // 2 :]
         first = run.iloc[0]
-        rows.append({"run_dir": run_dir, "norm": first["norm"], "batch_size": first["batch_size"],
+        rows.append({"run_dir": run_dir, "protocol": protocol, "norm": first["norm"],
+                     "batch_size": first["batch_size"],
                      "seed": first["seed"], "status": first["status"],
                      "final": epochs["val_error"].iloc[-1] if len(epochs) else float("nan"),
                      "best": epochs["val_error"].min() if len(epochs) else float("nan"),
@@ -115,7 +117,7 @@ def claims_table(df: pd.DataFrame, not_started: pd.DataFrame | None = None) -> p
     """A row per claim, per protocol in ``df`` (or ``not_started``, the runs its sweeps planned that have no
     folder yet): whether its finished runs reproduce it (yes, no, or "not decided" where runs are missing,
     unfinished or not started) and the numbers it was decided on."""
-    runs = final_errors(df).merge(df.drop_duplicates("run_dir")[["run_dir", "protocol"]], on="run_dir")
+    runs = final_errors(df)
     waiting = pd.DataFrame(columns=["protocol", "norm", "batch_size"]) if not_started is None else not_started
     rows = []
     for claim in CLAIMS:

@@ -430,6 +430,10 @@ def write_report(df: pd.DataFrame, out_dir: Path, fmt: str = "png", writeup_limi
         texts["rates.csv"] = rates.to_csv(index=False)
         texts["best_rates.csv"] = best.to_csv(index=False)
         texts["best_rates.md"] = results.best_rates_markdown(best)
+        waiting = None if not_started is None else pd.concat(  # a run not started may be either
+            [not_started.assign(protocol=not_started["protocol"] + " " + label)
+             for label in ("at the fixed rate", "at its best rate")], ignore_index=True)
+        texts["claims.md"] = claims.claims_markdown(claims.claims_table(results.at_rates(df, best), waiting))
     for name, text in texts.items():
         runfiles.write_atomic(out_dir / name, text.encode())
     return [*written, *(out_dir / name for name in texts)]

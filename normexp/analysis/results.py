@@ -528,6 +528,18 @@ def best_rates(rates: pd.DataFrame, fixed: dict[str, float], reference_batch: in
     return pd.DataFrame(rows)
 
 
+def at_rates(df: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``df`` (``load``) of the runs at their norm's best rate and at the code's fixed rate
+    (``best_rates``'s best_lr and fixed_lr) for their protocol and batch size, the protocol named "<protocol>
+    at its best rate" and "<protocol> at the fixed rate": the claims decided with every norm at its own
+    best rate, beside the one rate of the writeup's code."""
+    keys, parts = ["protocol", "norm", "batch_size"], []
+    for column, label in (("fixed_lr", "at the fixed rate"), ("best_lr", "at its best rate")):
+        rows = df.merge(best[[*keys, column]].rename(columns={column: "lr"}), on=[*keys, "lr"])
+        parts.append(rows.assign(protocol=rows["protocol"] + " " + label))
+    return pd.concat(parts, ignore_index=True)
+
+
 def best_rates_markdown(best: pd.DataFrame) -> str:
     """``best_rates`` as a Markdown table, errors in %."""
     def pct(x: float) -> str:
