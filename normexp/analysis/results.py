@@ -46,14 +46,13 @@ NOT_VARIANT_KEYS = (
 )
 NOT_STARTED_COLUMNS = ["sweep_dir", "job", "norm", "batch_size", "seed", "protocol"]
 PLAN_ERRORS = (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException, HydraException)
-RUN_FILES = (runfiles.SUMMARY, runfiles.METRICS, ".hydra/config.yaml")
 METRICS_NEEDED = ("epoch", "train_loss", "train_error", "val_loss", "val_error")  # in every normexp version
 REPLACED = "replaced-"  # a run folder's previous results, moved aside by train.resume=false: never read
 
 
 def find_run_dirs(path: Path) -> list[Path]:
     """``path`` itself if it is a run folder, else every run folder below it (hidden folders left out)."""
-    if is_run_dir(path):
+    if runfiles.is_run_dir(path):
         return [path]
     found = []
     for child in _subfolders(path):
@@ -61,14 +60,10 @@ def find_run_dirs(path: Path) -> list[Path]:
     return found
 
 
-def is_run_dir(path: Path) -> bool:
-    return any((path / name).is_file() for name in RUN_FILES)
-
-
 def find_sweep_dirs(path: Path) -> list[Path]:
     """``path`` and every folder below it that records a sweep (``multirun.yaml``); run folders, and hidden
     ones, are not entered."""
-    if is_run_dir(path):
+    if runfiles.is_run_dir(path):
         return []
     found = [path] if (path / "multirun.yaml").is_file() else []
     for child in _subfolders(path):
@@ -96,7 +91,7 @@ def not_started(paths: Iterable[str | Path]) -> pd.DataFrame:
             rows += [{"sweep_dir": str(sweep_dir), "job": job.name, "norm": job.norm,
                       "batch_size": job.batch_size, "seed": seed, "protocol": job.protocol}
                      for job in plan for seed, folder in _seed_folders(job)
-                     if not is_run_dir(sweep_dir / folder)]
+                     if not runfiles.is_run_dir(sweep_dir / folder)]
     return pd.DataFrame(rows, columns=NOT_STARTED_COLUMNS)
 
 
@@ -178,7 +173,7 @@ def _note_jobs_not_started(sweep_dir: Path, skipped: list[str]) -> None:
                        "tell which jobs the sweep planned")
         return
     waiting = [job for job in plan or []
-               if not any(is_run_dir(sweep_dir / folder) for _, folder in _seed_folders(job))]
+               if not any(runfiles.is_run_dir(sweep_dir / folder) for _, folder in _seed_folders(job))]
     if waiting:
         skipped.append(f"{sweep_dir}: {len(waiting)} of the {len(plan)} jobs in multirun.yaml have no "
                        "folder yet (not started)")

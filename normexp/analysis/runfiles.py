@@ -129,6 +129,14 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     write_run_file(run_dir / SUMMARY, (json.dumps(summary, indent=2, allow_nan=True) + "\n").encode())
 
 
+RUN_FILES = (SUMMARY, METRICS, ".hydra/config.yaml")  # a folder holding any of these is a run's
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is a run's folder: it holds a run's summary or metrics, or Hydra's record of one."""
+    return any((path / name).is_file() for name in RUN_FILES)
+
+
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
     """The folder's summary.json (None where there is none); one that is not normexp's is a ValueError
     naming the first field that is not what readers rely on."""

@@ -470,10 +470,6 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def is_run_dir(path: Path) -> bool:
-    return any((path / name).exists() for name in (".hydra", runfiles.SUMMARY, runfiles.METRICS))
-
-
 def seed_dirs(path: Path) -> list[Path]:
     """The seeds' folders of a job of train.seeds (none for any other folder)."""
     found = [p for p in runfiles.subfolders(path) if runfiles.is_seed_folder(p)]
@@ -483,7 +479,7 @@ def seed_dirs(path: Path) -> list[Path]:
 def read_extras(run_dir: Path, now: float, pack: str | None = None) -> list[Job]:
     """A folder multirun.yaml does not list: one run, or each seed of a job of train.seeds."""
     seeds = seed_dirs(run_dir)
-    if not seeds or is_run_dir(run_dir):
+    if not seeds or runfiles.is_run_dir(run_dir):
         return [read_extra(run_dir, now)]
     return [read_extra(d, now, pack=pack or run_dir.name) for d in seeds]
 
@@ -514,7 +510,7 @@ def read_sweep(path: Path, stall_after: float = STALL_AFTER, now: float | None =
     now = time.time() if now is None else now
     sweep = Sweep(str(path), [], now)
     seeds = seed_dirs(path)
-    if is_run_dir(path) or seeds:
+    if runfiles.is_run_dir(path) or seeds:
         sweep.jobs = read_extras(path, now, pack=str(path) if seeds else None)
         for job in sweep.jobs:
             job.note = job.note.replace("not one of multirun.yaml's jobs", "")
@@ -525,7 +521,8 @@ def read_sweep(path: Path, stall_after: float = STALL_AFTER, now: float | None =
             sweep.jobs.append(read_job(job, path / job.name, now))
             names.add(job.pack or job.name)
         for run_dir in runfiles.subfolders(path):
-            if run_dir.name not in names and (plan is None or is_run_dir(run_dir) or seed_dirs(run_dir)):
+            known = run_dir.name in names
+            if not known and (plan is None or runfiles.is_run_dir(run_dir) or seed_dirs(run_dir)):
                 sweep.jobs += read_extras(run_dir, now)
     if sweep.slots is None:
         sweep.slots_how = sweep.slots_how or "parallelism unknown, taken as the jobs running now"
