@@ -95,9 +95,11 @@ def check_command_line(args: list[str]) -> None:
     exit_with(unknown_choices(args) or missing_keys(args))
 
 
-def _compose(lines: list[str]) -> DictConfig:
+def compose_config(overrides: list[str], hydra: bool = False) -> DictConfig:
+    """The configuration Hydra composes from ``conf/`` for these overrides (with Hydra's own node where
+    asked): for the commands that run without Hydra's entry (normexp.tune, scripts/bench.py)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=lines)
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 
 def missing_keys(args: list[str]) -> list[str]:
@@ -117,9 +119,9 @@ def missing_keys(args: list[str]) -> list[str]:
         return []
     lines = [o.input_line for o in kept]
     try:
-        _compose(lines)
+        compose_config(lines)
     except HydraException as err:
-        line = missing_key_line(err, lines, lambda bad: _compose([x for x in lines if x != bad]))
+        line = missing_key_line(err, lines, lambda bad: compose_config([x for x in lines if x != bad]))
         return [line] if line else []
     return []
 

@@ -37,10 +37,9 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from normexp import data, norm, perf, validation
+from normexp import config, data, norm, perf, validation
 from normexp.analysis import runfiles
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 TRAIN_SIZE = 8192  # synthetic training digits: every power-of-two batch size up to 256 divides it
 TOO_BUSY = 0.20  # blocks spreading more than +-20 % around their median: too busy to decide
 SETUP_SHARE = 0.25  # of --seconds, kept for set-ups and warm-ups
@@ -147,17 +146,9 @@ def timed(work: Work, units: int) -> float:
 # ---------------------------------------------------------------- measuring
 
 
-def compose(overrides: list[str], hydra: bool = False) -> DictConfig:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=overrides, return_hydra_config=hydra)
-
-
 def sweep() -> tuple[list[str], list[int]]:
     """The norms and batch sizes of ``experiment=mcn_sweep``."""
-    params = compose(["experiment=mcn_sweep"], hydra=True).hydra.sweeper.params
+    params = config.compose_config(["experiment=mcn_sweep"], hydra=True).hydra.sweeper.params
     return str(params["norm"]).split(","), [int(b) for b in str(params["batch_size"]).split(",")]
 
 
@@ -226,8 +217,9 @@ def measure_all(cells: list[Cell], seconds: float, repeats: int, path: Path, cac
         try:
             for cell in cells:
                 bar.set_description(cell.name)
-                cfg = compose([f"norm={cell.norm}", f"batch_size={cell.batch_size}", f"data.root={root}",
-                               "data.download=false", "train.device=cpu", "train.progress=false"])
+                cfg = config.compose_config([
+                    f"norm={cell.norm}", f"batch_size={cell.batch_size}", f"data.root={root}",
+                    "data.download=false", "train.device=cpu", "train.progress=false"])
                 rates = measure(cell, cfg, cands, block_seconds, repeats, bar)
                 fallback = perf.fallback(cell.batch_size, cores)
                 decision = decide(rates, fallback)
@@ -331,18 +323,11 @@ def _range(values: list[float | None]) -> str:
 # ---------------------------------------------------------------- command line
 
 
-def int_list(text: str) -> list[int]:
-    values = [int(v) for v in text.split(",") if v.strip()]
-    if not values or min(values) < 1:
-        raise ValueError(text)
-    return values
-
-
 def checked_arguments(parser: validation.Parser, args: argparse.Namespace
                       ) -> tuple[list[int] | None, list[str] | None]:
     """The batch sizes and norms asked for (None: the sweep's); one line and exit 2 for a bad argument."""
     try:
-        sizes = int_list(args.batch_sizes) if args.batch_sizes is not None else None
+        sizes = validation.int_list(args.batch_sizes) if args.batch_sizes is not None else None
     except ValueError:
         parser.error(f"--batch-sizes={args.batch_sizes}: comma-separated integers >= 1")
     norms = [n.strip() for n in args.norms.split(",") if n.strip()] if args.norms is not None else None
@@ -374,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.show:
         show(path, cache)
         return 0
-    eval_size = compose([]).train.eval_batch_size
+    eval_size = config.compose_config([]).train.eval_batch_size
     sweep_norms, sweep_sizes = sweep()
     sizes = sizes if sizes is not None else [*sweep_sizes, eval_size]
     cells = [Cell(family, name, bs, bs == eval_size)

@@ -12,6 +12,14 @@ from typing import Any
 INT64_MAX = 2**63 - 1  # what torch can take as a seed or a count
 
 
+def int_list(text: str) -> list[int]:
+    """A command line's comma-separated list of positive integers ("1,4,256"); ValueError otherwise."""
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise ValueError(text)
+    return values
+
+
 class Parser(argparse.ArgumentParser):
     """argparse for normexp's commands: bad input is one line and exit 2, as everywhere in normexp."""
 

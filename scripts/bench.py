@@ -49,10 +49,9 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from normexp import data, norm, optim, perf, trainer, validation  # noqa: E402
+from normexp import config, data, norm, optim, perf, trainer, validation  # noqa: E402
 from normexp.analysis import runfiles, sweeps  # noqa: E402
 from normexp.model import LeNet  # noqa: E402
 from normexp.trainer import RunState, Trainer  # noqa: E402
@@ -70,13 +69,6 @@ CUDA_DEFAULTS = {key: getattr(torch.backends.cudnn, key)
                  for key in ("allow_tf32", "deterministic", "benchmark")}
 
 
-def int_list(text: str) -> list[int]:
-    values = [int(v) for v in text.split(",") if v.strip()]
-    if not values or min(values) < 1:
-        raise ValueError(text)
-    return values
-
-
 # ---------------------------------------------------------------- data and configuration
 
 
@@ -84,8 +76,7 @@ def run_config(norm_name: str, batch_size: int, data_root: Path, device: str, *e
     """The configuration ``python -m normexp.train`` would run with these overrides."""
     overrides = [f"norm={norm_name}", f"batch_size={batch_size}", f"data.root={data_root}",
                  "data.download=false", f"train.device={device}", *extra]  # fmt: skip
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    return config.compose_config(overrides, hydra=True)
 
 
 def sweep_runs(data_root: Path, device: str) -> list[tuple[str, int, int]]:
@@ -481,7 +472,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], l
         if args.json == DEFAULT_JSON:
             args.json = DEFAULT_JSON.with_name("packed.json")
     try:
-        norms, sizes = args.norms.split(","), int_list(args.batch_sizes)
+        norms, sizes = args.norms.split(","), validation.int_list(args.batch_sizes)
     except ValueError:
         parser.error(f"--batch-sizes={args.batch_sizes}: comma-separated integers >= 1")
     for name in norms:
@@ -507,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data_root = args.data_root
         if data_root is None:
-            n_train, n_test = int_list(args.synthetic_size)
+            n_train, n_test = validation.int_list(args.synthetic_size)
             data_root = data.write_synthetic_mnist(Path(tmp), n_train, n_test)
         if args.packed:
             return bench_packed(norms, sizes, args, data_root)

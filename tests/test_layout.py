@@ -18,7 +18,8 @@ LAYERS = [
     {"analysis.plots"},
     {"steps"},
     {"trainer"},
-    {"config", "tune"},
+    {"config"},
+    {"tune"},
     {"train"},
 ]
 MAX_FUNCTION_LINES = 50
