@@ -126,15 +126,16 @@ def _recorded(run_dir: Path, now: dict[str, Any]) -> dict[str, Any]:
     return {"config": runfiles.result_settings(config), "data": now["data"]}
 
 
-def check(run_dir: Path, now: dict[str, Any], where: str = "hydra.run.dir") -> None:
+def check(run_dir: Path, now: dict[str, Any], where: str = "hydra.run.dir") -> dict[str, Any] | None:
     """Raises RunFolderError unless ``run_dir`` is new or holds the experiment ``now`` (a marker) describes:
-    then it may be resumed, or found finished. ``where``: the setting that names another folder."""
+    then it may be resumed, or found finished. ``where``: the setting that names another folder. Returns the
+    folder's checkpoint, read (weights only) to check it, for the run to resume from; None where none."""
     runfiles.check_links(run_dir)
     if any(run_dir.glob(f"{STAGING}*")):
         raise RunFolderError(f"{run_dir}: a start over (train.resume=false) was cut short; run with "
                              "train.resume=false again to finish it")
     if not has_results(run_dir):
-        return
+        return None
     checkpoint = read_checkpoint(run_dir)  # read here, so that a sweep finds a bad one before any job starts
     try:
         read_summary(run_dir)
@@ -146,6 +147,7 @@ def check(run_dir: Path, now: dict[str, Any], where: str = "hydra.run.dir") -> N
     if differ:
         raise RunFolderError(f"{run_dir}: holds another run ({'; '.join(differ)}); use another {where} for "
                              f"this one, or {START_OVER}")
+    return checkpoint
 
 
 def _set_summary_aside(run_dir: Path) -> None:

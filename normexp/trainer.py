@@ -218,6 +218,7 @@ class Trainer:
         self.setup: Setup | None = None
         self.provenance: list[dict[str, Any]] = []  # what trained the run, one entry per machine and version
         self.logger = logger.build(cfg.get("logger"), run_dir)  # besides metrics.csv: none, or TensorBoard
+        self.checkpoint: dict[str, Any] | None = None  # the folder's, as claim read it
         self._clock = time.perf_counter()
 
     def fit(self) -> Outcome:
@@ -233,7 +234,7 @@ class Trainer:
         over), then marked as this run's; what start-up did there goes to the log."""
         now = runguard.marker(self.cfg)
         if self.tc.resume:
-            runguard.check(self.run_dir, now)
+            self.checkpoint = runguard.check(self.run_dir, now)  # read once: resume starts from it
         else:
             runguard.start_over(self.run_dir, with_logs=False)
         for line in dict.fromkeys(runguard.notes(self.run_dir)):
@@ -267,7 +268,7 @@ class Trainer:
 
     def resume(self, splits: tuple[data.Split, data.Split] | None = None) -> RunState:
         """The run set up (``splits``: data already loaded) and started from its checkpoint, if any."""
-        checkpoint = runguard.read_checkpoint(self.run_dir) if self.tc.resume else None
+        checkpoint, self.checkpoint = self.checkpoint, None  # claim read it (None: a new run, or start over)
         self.build(kept=None if checkpoint is None else checkpoint.get("cpu_settings"), splits=splits)
         state = self.start(checkpoint)
         self._log_start()
