@@ -1,5 +1,7 @@
-"""The pieces of the training loop below the trainer: SGD steps over index batches, the epoch's log of their
-losses (read with one host sync per chunk of steps), evaluation, and the request to stop on a signal."""
+"""The pieces below the epoch loop (``trainer.Group``): SGD steps over index batches, one run's
+(``train_steps``: the textbook lines) or seeds packed in one network's (``train_steps_packed``), the epoch's
+log of their losses (read with one host sync per chunk of steps), evaluation, and the request to stop on a
+signal."""
 
 from __future__ import annotations
 
