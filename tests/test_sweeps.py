@@ -133,7 +133,7 @@ def test_the_learning_rate_grid_and_its_epoch_caps():
     cfg = compose_job(["experiment=lr_sweep"])
     assert OmegaConf.to_container(cfg.hydra.sweeper.params) == {
         "batch_size": "256,32,8,2,1", "norm": "none,bn,brn,gn",
-        "optim.lr": "1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1", "train.seed": "0"}
+        "optim.lr": "1e-5,3e-5,1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1", "train.seed": "0"}
     planned = {bs: sweeps.planned_epochs(cfg.train.epochs, cfg.train.max_epochs_by_batch_size, bs)
                for bs in (256, 32, 8, 2, 1)}
     assert planned == {256: 20, 32: 20, 8: 20, 2: 10, 1: 5}  # 25,000 steps at 2 and at 1 on 5,000 digits
