@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -60,11 +61,18 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
 
 
 def run_cli_many(arg_lists: list[list[str]], env: dict | None = None, workers: int = 4) -> list:
-    """``run_cli`` for each argument list, a few at a time (most of each run is start-up, not training)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda args: run_cli(*args, env=env), arg_lists))
+    """``run_cli`` for each argument list, a few at a time, each in a child forked from one process that has
+    imported torch, Hydra and normexp once (tests/cli_forks.py: most of a short run is those imports)."""
+    full_env = {**os.environ, "HYDRA_FULL_ERROR": "1", **(env or {})}
+    full_env.pop("NORMEXP_DATA_ROOT", None)
+    cases = [{"args": list(args), "env": full_env, "cwd": str(ROOT), "timeout": 300} for args in arg_lists]
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "cli_forks.py")], cwd=ROOT, env=full_env,
+                          input=json.dumps({"workers": workers, "cases": cases}), capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    return [subprocess.CompletedProcess([sys.executable, "-m", "normexp.train", *args], r["returncode"],
+                                        r["stdout"], r["stderr"])
+            for args, r in zip(arg_lists, json.loads(done.stdout), strict=True)]
 
 
 def compose_config(overrides: list[str] | tuple[str, ...] = (), hydra: bool = False) -> DictConfig:
