@@ -4,6 +4,7 @@ imported once here, then each command line runs in a child forked from this proc
 without paying the imports again. Most of a bad-input run is those imports.
 
     python tests/cli_forks.py < cases.json > results.json
+    python tests/cli_forks.py --serve      # a request per line on stdin, its results a line on stdout
 
 cases.json: {"workers": N, "cases": [{"args": [...], "env": {...}, "cwd": "...", "timeout": s}, ...]};
 results.json: [{"returncode": rc, "stdout": "...", "stderr": "..."}, ...] in the same order.
@@ -31,8 +32,7 @@ def child(case: dict, out_fd: int, err_fd: int) -> None:
     os.chdir(case["cwd"])
     os.environ.clear()
     os.environ.update(case["env"])
-    extra = [p for p in case["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
-    sys.path[:] = [*extra, case["cwd"], *[p for p in sys.path[1:] if p not in extra]]
+    sys.path[0] = case["cwd"]  # as ``-m`` puts the working folder first (a PYTHONPATH: tests/helpers.py)
     sys.argv = [TRAIN, *case["args"]]
     signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.modules.pop("normexp.train", None)  # run afresh as __main__, as ``-m`` runs it (its imports stay)
@@ -53,8 +53,8 @@ def child(case: dict, out_fd: int, err_fd: int) -> None:
     os._exit(code)
 
 
-def main() -> None:
-    request = json.load(sys.stdin)
+def run_all(request: dict) -> list[dict]:
+    """Every case of ``request``, ``workers`` children at a time; their results in the cases' order."""
     cases, workers = request["cases"], max(1, int(request.get("workers", 2)))
     results: list[dict | None] = [None] * len(cases)
     running: dict[int, tuple[int, object, object, float]] = {}
@@ -81,7 +81,17 @@ def main() -> None:
             texts.append(f.read().decode(errors="replace"))
             f.close()
         results[i] = {"returncode": os.waitstatus_to_exitcode(status), "stdout": texts[0], "stderr": texts[1]}
-    json.dump(results, sys.stdout)
+    return results
+
+
+def main() -> None:
+    """One request on stdin, its results on stdout; with --serve, one request per line until stdin ends."""
+    if "--serve" not in sys.argv:
+        json.dump(run_all(json.load(sys.stdin)), sys.stdout)
+        return
+    for line in sys.stdin:
+        sys.stdout.write(json.dumps(run_all(json.loads(line))) + "\n")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -51,28 +53,53 @@ def write_mnist(root: Path, n_train: int = 200, n_test: int = 100, name: str = "
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
-    """Runs ``python -m normexp.train`` with ``args``; returns the CompletedProcess (text)."""
-    full_env = {**os.environ, "HYDRA_FULL_ERROR": "1", **(env or {})}
-    full_env.pop("NORMEXP_DATA_ROOT", None)
-    return subprocess.run(
-        [sys.executable, "-m", "normexp.train", *args],
-        cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
-    )
+    """Runs ``python -m normexp.train`` with ``args``, as its own process; returns the CompletedProcess."""
+    return run_cli_many([list(args)], env=env, cwd=cwd, timeout=timeout)[0]
 
 
-def run_cli_many(arg_lists: list[list[str]], env: dict | None = None, workers: int = 4) -> list:
+def run_cli_many(arg_lists: list[list[str]], env: dict | None = None, workers: int = 4,
+                 cwd: Path | None = None, timeout: float = 300) -> list:
     """``run_cli`` for each argument list, a few at a time, each in a child forked from one process that has
-    imported torch, Hydra and normexp once (tests/cli_forks.py: most of a short run is those imports)."""
+    imported torch, Hydra and normexp once (tests/cli_forks.py, kept running for the test session: most of
+    a short run is those imports); with a PYTHONPATH of their own, real processes. Without NORMEXP_DATA_ROOT,
+    as a user's fresh shell."""
     full_env = {**os.environ, "HYDRA_FULL_ERROR": "1", **(env or {})}
     full_env.pop("NORMEXP_DATA_ROOT", None)
-    cases = [{"args": list(args), "env": full_env, "cwd": str(ROOT), "timeout": 300} for args in arg_lists]
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "cli_forks.py")], cwd=ROOT, env=full_env,
-                          input=json.dumps({"workers": workers, "cases": cases}), capture_output=True,
-                          text=True, timeout=900)
-    assert done.returncode == 0, done.stderr
-    return [subprocess.CompletedProcess([sys.executable, "-m", "normexp.train", *args], r["returncode"],
-                                        r["stdout"], r["stderr"])
-            for args, r in zip(arg_lists, json.loads(done.stdout), strict=True)]
+    command = [sys.executable, "-m", "normexp.train"]
+    if "PYTHONPATH" in (env or {}):  # what runs at the interpreter's start (a sitecustomize) needs a real one
+        from concurrent.futures import ThreadPoolExecutor
+
+        def start(args: list[str]) -> subprocess.CompletedProcess:
+            return subprocess.run([*command, *args], cwd=cwd or ROOT, env=full_env, capture_output=True,
+                                  text=True, timeout=timeout)
+
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(start, arg_lists))
+    cases = [{"args": list(args), "env": full_env, "cwd": str(cwd or ROOT), "timeout": timeout}
+             for args in arg_lists]
+    results = _forks({"workers": workers, "cases": cases})
+    return [subprocess.CompletedProcess([*command, *args], r["returncode"], r["stdout"], r["stderr"])
+            for args, r in zip(arg_lists, results, strict=True)]
+
+
+_server: list[subprocess.Popen] = []  # this test process's tests/cli_forks.py --serve, once started
+_server_lock = threading.Lock()
+
+
+def _forks(request: dict) -> list[dict]:
+    with _server_lock:
+        if not _server or _server[0].poll() is not None:
+            env = {k: v for k, v in os.environ.items() if k != "NORMEXP_DATA_ROOT"}
+            _server[:] = [subprocess.Popen([sys.executable, str(ROOT / "tests" / "cli_forks.py"), "--serve"],
+                                           cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           text=True)]
+            atexit.register(_server[0].stdin.close)
+        server = _server[0]
+        server.stdin.write(json.dumps(request) + "\n")
+        server.stdin.flush()
+        line = server.stdout.readline()
+    assert line, "tests/cli_forks.py ended"
+    return json.loads(line)
 
 
 def compose_config(overrides: list[str] | tuple[str, ...] = (), hydra: bool = False) -> DictConfig:
