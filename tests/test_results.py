@@ -292,3 +292,13 @@ def test_the_claims_runs_at_the_fixed_and_at_the_best_rate(rate_grid):
     assert picked == [("text at its best rate", "bn", 0.01, 0), ("text at its best rate", "bn", 0.01, 1),
                       ("text at its best rate", "gn", 0.001, 0),
                       ("text at the fixed rate", "bn", 0.001, 0), ("text at the fixed rate", "gn", 0.001, 0)]
+
+
+def test_a_norm_stuck_at_every_rate_has_no_good_band(tmp_path):
+    for lr in (0.001, 0.01):
+        make_run(tmp_path / "s", "bn", 1, 0, (0.9, 0.86), extra=(f"optim.lr={lr}",), lr=lr)
+    best = results.best_rates(results.rate_table(results.load([tmp_path / "s"])), {"default": 0.01}, 256)
+    row = best.iloc[0]
+    assert math.isnan(row["good_low"]) and math.isnan(row["good_decades"]) and not row["good_at_edge"]
+    table = results.best_rates_markdown(best)
+    assert "| bn | 1 | 0.001 | 86.00 (n=1) | none: every rate stuck | – |" in table

@@ -461,6 +461,7 @@ def curve_distance(df: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- the learning rate as an axis
 
 GOOD_MARGIN = 0.2  # a rate is in a norm's good band where its error is within 20 % of the norm's best
+STUCK = 0.5  # a best error this high is no good rate at all (chance is 0.9): no good band
 
 
 def rate_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -497,11 +498,11 @@ def code_rates() -> tuple[dict[str, float], int]:
 
 def best_rates(rates: pd.DataFrame, fixed: dict[str, float], reference_batch: int) -> pd.DataFrame:
     """Per protocol, norm and batch size (``rate_table`` rows): the best rate and its error; the good band
-    (the rates whose mean error is within ``GOOD_MARGIN`` of the best: lowest, highest, width in decades,
-    and whether it touches the grid's edge); and the error at the fixed protocol's rate (``fixed``: norm
-    -> rate, the same at every batch size) and at that rate scaled linearly with the batch size from
-    ``reference_batch``, both read off the curve by interpolation in log rate (NaN outside the grid or
-    next to a diverged or missing point)."""
+    (the rates whose mean error is within ``GOOD_MARGIN`` of the best and below ``STUCK``: lowest, highest,
+    width in decades, and whether it touches the grid's edge; NaN where every rate is stuck); and the error
+    at the fixed protocol's rate (``fixed``: norm -> rate, the same at every batch size) and at that rate
+    scaled linearly with the batch size from ``reference_batch``, both read off the curve by interpolation
+    in log rate (NaN outside the grid or next to a diverged or missing point)."""
     rows = []
     for (protocol, norm, bs), group in rates.groupby(["protocol", "norm", "batch_size"]):
         group = group.sort_values("lr")
@@ -509,14 +510,15 @@ def best_rates(rates: pd.DataFrame, fixed: dict[str, float], reference_batch: in
         if done.empty:
             continue
         best = done.loc[done["error"].idxmin()]
-        good = done[done["error"] <= best["error"] * (1 + GOOD_MARGIN)]
+        good = done[(done["error"] <= best["error"] * (1 + GOOD_MARGIN)) & (done["error"] < STUCK)]["lr"]
+        low, high = (good.min(), good.max()) if len(good) else (math.nan, math.nan)  # none: all stuck
         rate = fixed.get(norm, fixed.get("default"))
         rows.append({"protocol": protocol, "norm": norm, "batch_size": bs, "best_lr": best["lr"],
                      "best_error": best["error"], "best_runs": best["runs"],
-                     "good_low": good["lr"].min(), "good_high": good["lr"].max(),
-                     "good_decades": math.log10(good["lr"].max() / good["lr"].min()),
-                     "good_at_edge": bool(good["lr"].min() == group["lr"].min()
-                                          or good["lr"].max() == group["lr"].max()),
+                     "good_low": low, "good_high": high,
+                     "good_decades": math.log10(high / low) if len(good) else math.nan,
+                     "good_at_edge": bool(len(good)) and (low == group["lr"].min()
+                                                          or high == group["lr"].max()),
                      "fixed_lr": rate, "fixed_error": _error_at(group, rate),
                      "scaled_lr": rate * bs / reference_batch,
                      "scaled_error": _error_at(group, rate * bs / reference_batch)})
@@ -544,9 +546,10 @@ def best_rates_markdown(best: pd.DataFrame) -> str:
              "| at the fixed rate | at the scaled rate |", "|---" * 8 + "|"]
     for r in best.sort_values(["norm", "batch_size"], ascending=[True, False]).itertuples():
         edge = " (grid edge)" if r.good_at_edge else ""
+        band = "none: every rate stuck" if pd.isna(r.good_low) else f"{r.good_low:g}–{r.good_high:g}{edge}"
+        decades = "–" if pd.isna(r.good_decades) else f"{r.good_decades:.1f}"
         lines.append(f"| {r.norm} | {r.batch_size} | {r.best_lr:g} | {pct(r.best_error)} (n={r.best_runs}) | "
-                     f"{r.good_low:g}–{r.good_high:g}{edge} | {r.good_decades:.1f} | {pct(r.fixed_error)} | "
-                     f"{pct(r.scaled_error)} |")
+                     f"{band} | {decades} | {pct(r.fixed_error)} | {pct(r.scaled_error)} |")
     return "\n".join(lines) + "\n"
 
 
