@@ -22,7 +22,6 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.core.plugins import Plugins
-from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
@@ -122,14 +121,17 @@ class OptunaSweeper(Sweeper):
             returns = self.launcher.launch(jobs, initial_job_idx=trials[0].number)
             stopping = False
             for trial, job in zip(trials, returns, strict=True):
-                if job.status != JobStatus.COMPLETED:  # failed: a result of the study, which goes on
-                    log.warning("trial %d failed: %s", trial.number, job._return_value)
+                try:
+                    value = job.return_value  # a failed job's exception is raised here
+                except Exception as err:  # failed: a result of the study, which goes on
+                    log.warning("trial %d failed: %s: %s", trial.number, type(err).__name__, err)
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                elif job._return_value is None:  # interrupted or not started: the sweep is stopping
+                    done += 1
+                    continue
+                if value is None:  # interrupted or not started: the sweep is stopping
                     stopping = True  # left running in the study: the next run proposes it again
                     continue
-                else:
-                    study.tell(trial, float(job._return_value))
+                study.tell(trial, float(value))
                 done += 1
             if stopping:
                 return
