@@ -274,7 +274,7 @@ def test_the_best_rate_its_good_band_and_the_protocols_rates(rate_grid):
     # 0.01 x 8 / 256 = 0.0003125 lies below the grid
     assert math.isnan(best.loc["bn", "scaled_error"])
     assert best.loc["gn", "best_lr"] == 0.001 and best.loc["gn", "good_at_edge"]
-    halfway = results._error_at(rates[rates["norm"] == "gn"].sort_values("lr"), math.sqrt(0.001 * 0.01))
+    halfway = results.error_at(rates[rates["norm"] == "gn"].sort_values("lr"), math.sqrt(0.001 * 0.01))
     assert halfway == pytest.approx(0.035)  # halfway in log rate
     markdown = results.best_rates_markdown(best.reset_index())
     assert "| bn | 8 | 0.01 | 2.10 (n=2) | 0.003–0.01 | 0.5 | 2.10 | – |" in markdown

@@ -519,9 +519,9 @@ def best_rates(rates: pd.DataFrame, fixed: dict[str, float], reference_batch: in
                      "good_decades": math.log10(high / low) if len(good) else math.nan,
                      "good_at_edge": bool(len(good)) and (low == group["lr"].min()
                                                           or high == group["lr"].max()),
-                     "fixed_lr": rate, "fixed_error": _error_at(group, rate),
+                     "fixed_lr": rate, "fixed_error": error_at(group, rate),
                      "scaled_lr": rate * bs / reference_batch,
-                     "scaled_error": _error_at(group, rate * bs / reference_batch)})
+                     "scaled_error": error_at(group, rate * bs / reference_batch)})
     return pd.DataFrame(rows)
 
 
@@ -553,7 +553,7 @@ def best_rates_markdown(best: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _error_at(group: pd.DataFrame, lr: float) -> float:
+def error_at(group: pd.DataFrame, lr: float) -> float:
     """The mean error at ``lr``, interpolated in log rate between the two grid rates around it."""
     rates = group["lr"].to_numpy(float)
     if not rates.min() <= lr <= rates.max():
