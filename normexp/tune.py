@@ -37,7 +37,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from normexp import config, data, norm, perf, validation
+from normexp import config, data, norm, perf, steps, trainer, validation
 from normexp.analysis import runfiles
 
 TRAIN_SIZE = 8192  # synthetic training digits: every power-of-two batch size up to 256 divides it
@@ -107,8 +107,6 @@ class Work:
     diverged: bool = False
 
     def __post_init__(self) -> None:
-        from normexp import trainer  # the run and its loop, which this module's callers need not load
-
         run = trainer.Trainer(self.cfg, Path(tempfile.gettempdir()), jobs=1)
         setup = run.build()
         # the candidate's layout, which the rule may not give this batch size (its optimizer has no state yet)
@@ -128,8 +126,6 @@ class Work:
 def timed(work: Work, units: int) -> float:
     """Samples/s of ``units`` training steps, taken as a run takes them (the one epoch loop's chunks, each
     followed by its one host sync), or of ``units`` evaluations of the test split as validation runs them."""
-    from normexp import steps
-
     s = work.setup
     perf.apply(work.settings)
     start = time.perf_counter()
