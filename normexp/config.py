@@ -4,6 +4,7 @@ the run folders (normexp.runguard) before Hydra writes into them."""
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from normexp.analysis.runfiles import RunFolderError
 from normexp.model import LeNet
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+log = logging.getLogger("normexp")
 
 
 def problems(cfg: DictConfig, fetch: bool = False) -> list[str]:
@@ -156,7 +158,8 @@ def missing_key_line(err: HydraException, lines: list[str], compose_without: Cal
     return f"{line}: no such key{f' in {parent}' if parent else ''}; to add one, write +{line}"
 
 
-def sweep_problems(config: DictConfig, job_configs: list[DictConfig] | None = None) -> list[str]:
+def sweep_problems(config: DictConfig, job_configs: list[DictConfig] | None = None,
+                   notes: dict[str, list[str]] | None = None) -> list[str]:
     """Problems of every job of a basic sweep, found before the sweep folder is made or any job starts;
     then, where the values are fine, of the jobs' folders (``sweep_folder_problems``). The jobs' configs
     are appended to ``job_configs``."""
@@ -178,7 +181,7 @@ def sweep_problems(config: DictConfig, job_configs: list[DictConfig] | None = No
         found += problems(job_config, fetch=True)
         job_configs.append(job_config)
     found += seeds_swept_twice(job_configs)
-    return found or sweep_folder_problems(job_configs)
+    return found or sweep_folder_problems(job_configs, {} if notes is None else notes)
 
 
 def seeds_swept_twice(job_configs: list[DictConfig]) -> list[str]:
@@ -206,16 +209,17 @@ def task_config(config: DictConfig) -> DictConfig:
         HydraConfig.instance().cfg = previous
 
 
-def prepare_folder(run_dir: Path, cfg: DictConfig, where: str) -> None:
+def prepare_folder(run_dir: Path, cfg: DictConfig, where: str, notes: dict[str, list[str]]) -> None:
     """Before Hydra writes into ``run_dir``: it holds nothing or this run (``train.resume``), or its results
     are moved aside, .hydra/ and the log with them (``train.resume=false``); raises RunFolderError. For a
-    job of ``train.seeds``, each seed's folder below it."""
+    job of ``train.seeds``, each seed's folder below it. What was done in each folder: ``notes[folder]``."""
     for folder, one in run_folders(run_dir, cfg):
+        done = notes.setdefault(str(folder), [])
         if one.train.resume:
-            runguard.check(folder, runguard.marker(one), where)  # links out of the folder refused there
+            runguard.check(folder, runguard.marker(one), done, where)  # refuses links out of the folder
         else:
             runfiles.check_links(folder)
-            runguard.start_over(folder, with_logs=True)
+            runguard.start_over(folder, with_logs=True, notes=done)
 
 
 def run_folders(job_dir: Path, cfg: DictConfig) -> list[tuple[Path, DictConfig]]:
@@ -227,14 +231,14 @@ def run_folders(job_dir: Path, cfg: DictConfig) -> list[tuple[Path, DictConfig]]
     return [(d, trainer.seed_config(cfg, s)) for d, s in zip(dirs, chosen, strict=True)]
 
 
-def run_folder_problems(config: DictConfig) -> list[str]:
+def run_folder_problems(config: DictConfig, notes: dict[str, list[str]]) -> list[str]:
     """A single run's folder, locked for this process (which holds it until it ends: the trainer takes it
     again), then prepared; its problem as one line."""
     run_dir = Path(os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir"))))
     made = runguard.first_missing(run_dir)
     try:
         runguard.acquire(run_dir)
-        prepare_folder(run_dir, task_config(config), "hydra.run.dir")
+        prepare_folder(run_dir, task_config(config), "hydra.run.dir", notes)
         runguard.probe(run_dir, "hydra.run.dir")
     except RunFolderError as err:
         runguard.release(run_dir)
@@ -263,7 +267,7 @@ def job_folder(job_config: DictConfig, num: int) -> Path:
     return Path(os.path.abspath(os.path.join(str(sweep.dir), str(sweep.subdir))))
 
 
-def sweep_folder_problems(job_configs: list[DictConfig]) -> list[str]:
+def sweep_folder_problems(job_configs: list[DictConfig], notes: dict[str, list[str]]) -> list[str]:
     """Each job folder that exists already, prepared as a single run's (under its lock, released at once); a
     folder another process holds is left to the job, which skips it if it is still held then."""
     found = []
@@ -273,7 +277,7 @@ def sweep_folder_problems(job_configs: list[DictConfig]) -> list[str]:
             continue
         try:
             with runguard.locked(run_dir):
-                prepare_folder(run_dir, task_config(job_config), "hydra.sweep.dir")
+                prepare_folder(run_dir, task_config(job_config), "hydra.sweep.dir", notes)
         except runguard.Busy:
             continue
         except RunFolderError as err:
@@ -287,13 +291,16 @@ class ValidateConfig(Callback):
     starts); then the run folders, before Hydra writes .hydra/ and the log into them (Hydra writes those
     before ``on_job_start``: a job of another sweeper has its folder checked by the trainer)."""
 
+    def __init__(self) -> None:
+        self.notes: dict[str, list[str]] = {}  # run folder -> what start-up did there, for the run's log
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         exit_with(problems(config, fetch=True))
-        exit_with(run_folder_problems(config))
+        exit_with(run_folder_problems(config, self.notes))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         job_configs: list[DictConfig] = []
-        exit_with(sweep_problems(config, job_configs))
+        exit_with(sweep_problems(config, job_configs, self.notes))
         exit_with(sweep_dir_problems(config))
         launcher = str(config.hydra.launcher.get("_target_", ""))
         if job_configs and launcher.endswith(STOPPABLE_LAUNCHERS):
@@ -301,7 +308,13 @@ class ValidateConfig(Callback):
                                   for folder, _ in run_folders(job_folder(c, i), c)])
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """In the job's process (a sweep's launcher carries this callback there), once Hydra has opened the
+        job's log: what start-up did in the job's folders goes into it."""
         runguard.guard_worker()
+        job_dir = Path(os.path.abspath(str(config.hydra.runtime.output_dir)))
+        for folder in [f for f in self.notes if Path(f) == job_dir or job_dir in Path(f).parents]:
+            for line in dict.fromkeys(self.notes.pop(folder)):
+                log.info(line)
         if config.hydra.mode == RunMode.MULTIRUN and not sweeps.is_basic_sweeper(config):
             exit_with(problems(config))
 

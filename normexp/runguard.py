@@ -4,7 +4,9 @@ A run records what it is in normexp.json (``marker``: the result-relevant settin
 hashes, the protocol) and resumes, or counts as already finished, only where the folder's marker matches
 (``check``); ``start_over`` (train.resume=false) moves a folder's results aside into ``replaced-<time>/``
 before anything new is written; ``locked`` holds an flock on the folder's lock file for the life of a run.
-Start-up (normexp.config) runs these before Hydra writes into the folder; the trainer runs them again.
+Start-up (normexp.config) runs these before Hydra writes into the folder, the trainer again under the run's
+lock. What they did in a folder (moved results aside, read an old folder) is appended to the ``notes`` list
+the caller passes, for the run's log.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import atexit
 import fcntl
 import json
+import logging
 import os
 import shutil
 import signal
@@ -36,7 +39,7 @@ START_OVER = ("run with train.resume=false to move the folder's results aside in
               "start over")
 
 _held: dict[str, list[int]] = {}  # folder -> [lock file descriptor, holders in this process]
-_notes: dict[str, list[str]] = {}  # folder -> what start-up did there, for the run's log
+log = logging.getLogger("normexp")
 
 
 class Busy(RunFolderError):
@@ -121,12 +124,11 @@ def _recorded(run_dir: Path, now: dict[str, Any]) -> dict[str, Any]:
         raise RunFolderError(f"{run_dir}: holds run files but no {runfiles.MARKER}, and no normexp "
                              f"summary.json with its config: not a normexp run folder; use another folder, "
                              f"or {START_OVER}")
-    _note(run_dir, f"{run_dir}: no {runfiles.MARKER} (a run from before it existed): compared with the "
-                   "config in its summary.json; its data files are taken to be the same")
     return {"config": runfiles.result_settings(config), "data": now["data"]}
 
 
-def check(run_dir: Path, now: dict[str, Any], where: str = "hydra.run.dir") -> dict[str, Any] | None:
+def check(run_dir: Path, now: dict[str, Any], notes: list[str], where: str = "hydra.run.dir"
+          ) -> dict[str, Any] | None:
     """Raises RunFolderError unless ``run_dir`` is new or holds the experiment ``now`` (a marker) describes:
     then it may be resumed, or found finished. ``where``: the setting that names another folder. Returns the
     folder's checkpoint, read (weights only) to check it, for the run to resume from; None where none."""
@@ -142,7 +144,7 @@ def check(run_dir: Path, now: dict[str, Any], where: str = "hydra.run.dir") -> d
     except RunFolderError:
         if checkpoint is None or read_json(run_dir / runfiles.MARKER, "normexp's marker") is None:
             raise
-        _set_summary_aside(run_dir)
+        _set_summary_aside(run_dir, notes)
     differ = runfiles.differences(_recorded(run_dir, now), now)
     if differ:
         raise RunFolderError(f"{run_dir}: holds another run ({'; '.join(differ)}); use another {where} for "
@@ -150,7 +152,7 @@ def check(run_dir: Path, now: dict[str, Any], where: str = "hydra.run.dir") -> d
     return checkpoint
 
 
-def _set_summary_aside(run_dir: Path) -> None:
+def _set_summary_aside(run_dir: Path, notes: list[str]) -> None:
     """A summary.json that is not normexp's, beside a checkpoint that is: kept as summary.json.unreadable,
     while the run resumes from its checkpoint and writes the summary anew."""
     path = run_dir / runfiles.SUMMARY
@@ -160,20 +162,24 @@ def _set_summary_aside(run_dir: Path) -> None:
     except OSError as err:
         raise RunFolderError(f"{path}: unreadable, and cannot be moved aside ({err.strerror or err}); fix "
                              "the permissions, then run again") from err
-    _note(run_dir, f"{path}: unreadable; kept as {aside.name}: the run resumes from its "
-                   f"{runfiles.CHECKPOINT}, which writes the summary anew")
+    notes.append(f"{path}: unreadable; kept as {aside.name}: the run resumes from its {runfiles.CHECKPOINT}, "
+                 "which writes the summary anew")
 
 
-def record(run_dir: Path, now: dict[str, Any]) -> None:
+def record(run_dir: Path, now: dict[str, Any], notes: list[str]) -> None:
     """Writes the marker where there is none. One already there (``check`` found it the same experiment)
     stays as the run's start wrote it: a later normexp that resumes the run, or finds it finished, does not
     rewrite where the run came from."""
     path = run_dir / runfiles.MARKER
-    if not path.is_file():
-        runfiles.write_run_file(path, (json.dumps(now, indent=2, allow_nan=True) + "\n").encode())
+    if path.is_file():
+        return
+    if (run_dir / runfiles.SUMMARY).is_file():
+        notes.append(f"{run_dir}: no {runfiles.MARKER} (a run from before it existed): compared with the "
+                     "config in its summary.json; its data files are taken to be the same")
+    runfiles.write_run_file(path, (json.dumps(now, indent=2, allow_nan=True) + "\n").encode())
 
 
-def start_over(run_dir: Path, with_logs: bool) -> Path | None:
+def start_over(run_dir: Path, with_logs: bool, notes: list[str]) -> Path | None:
     """Moves the folder's results (and, where ``with_logs``, Hydra's .hydra/ and the log) aside into
     ``replaced-<time>/``: gathered in a hidden folder first, which is then renamed, so that the results
     appear there all at once; one cut short is finished by the next call. The new folder, if any."""
@@ -196,7 +202,7 @@ def start_over(run_dir: Path, with_logs: bool) -> Path | None:
     except OSError as err:
         raise RunFolderError(f"{run_dir}: cannot move the previous results aside ({err.strerror or err}); "
                              "nothing new was written") from err
-    _note(run_dir, f"train.resume=false: moved the previous results of {run_dir} aside into {target.name}/")
+    notes.append(f"train.resume=false: moved the previous results of {run_dir} aside into {target.name}/")
     return target
 
 
@@ -208,15 +214,6 @@ def is_run_entry(name: str) -> bool:
     aside = name == runfiles.SUMMARY + ".unreadable"
     logs = name.endswith(".log") or name.startswith("events.out.tfevents.")
     return name in own or temporary or aside or logs
-
-
-def _note(run_dir: Path, line: str) -> None:
-    _notes.setdefault(str(run_dir.absolute()), []).append(line)
-
-
-def notes(run_dir: Path) -> list[str]:
-    """What start-up did in ``run_dir`` (each line once), for the run's log."""
-    return _notes.pop(str(run_dir.absolute()), [])
 
 
 def acquire(run_dir: Path) -> None:
@@ -244,8 +241,8 @@ def acquire(run_dir: Path) -> None:
         os.close(fd)
         raise Busy(run_dir, holder) from None
     except OSError as err:
-        _note(run_dir, f"{run_dir}: not locked: flock failed ({err.strerror or err}); two processes in this "
-                       "folder would not be kept apart")
+        log.warning("%s: not locked: flock failed (%s); two processes in this folder would not be kept apart",
+                    run_dir, err.strerror or err)
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)

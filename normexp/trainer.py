@@ -231,15 +231,15 @@ class Trainer:
 
     def claim(self) -> None:
         """The run folder checked to hold this run (``train.resume``), or its results moved aside (start
-        over), then marked as this run's; what start-up did there goes to the log."""
-        now = runguard.marker(self.cfg)
+        over), then marked as this run's; what was done there goes to the log."""
+        now, notes = runguard.marker(self.cfg), []
         if self.tc.resume:
-            self.checkpoint = runguard.check(self.run_dir, now)  # read once: resume starts from it
+            self.checkpoint = runguard.check(self.run_dir, now, notes)  # read once: resume starts from it
         else:
-            runguard.start_over(self.run_dir, with_logs=False)
-        for line in dict.fromkeys(runguard.notes(self.run_dir)):
+            runguard.start_over(self.run_dir, with_logs=False, notes=notes)
+        runguard.record(self.run_dir, now, notes)
+        for line in notes:
             log.info(line)
-        runguard.record(self.run_dir, now)
 
     def _fit(self) -> Outcome:
         finished = self.finished()
