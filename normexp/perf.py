@@ -213,8 +213,10 @@ def _parse_cache(content: Any, name: str) -> dict[str, dict[int, CpuSettings]]:
             if not (isinstance(batch_size, str) and batch_size.isdigit() and int(batch_size) >= 1):
                 raise ValueError(f"{family}: batch size {batch_size!r}")
             settings = CpuSettings.from_dict(cell)
+            first_use = cell.get("measured_by") == "first use"  # by a run (normexp.tune's first_use)
+            source = f"{name}, measured on first use in {cell.get('seconds')} s" if first_use else name
             table[family][int(batch_size)] = CpuSettings(
-                settings.threads, settings.mkldnn, settings.channels_last, source=name
+                settings.threads, settings.mkldnn, settings.channels_last, source=source
             )
     return table
 

@@ -33,7 +33,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from normexp import data, runguard, trainer  # noqa: E402
+from normexp import data, perf, runguard, trainer, tune  # noqa: E402
 from normexp.analysis.runfiles import RunFolderError  # noqa: E402
 from normexp.config import check_command_line  # noqa: E402
 from normexp.trainer import Outcome  # noqa: E402
@@ -92,7 +92,10 @@ def objective(outcomes: list[Outcome]) -> float | None:
 
 
 def fit(cfg: DictConfig, run_dir: Path) -> list[Outcome]:
-    """The run, or each seed of a job of ``train.seeds`` (in its folder below the job's)."""
+    """The run, or each seed of a job of ``train.seeds`` (in its folder below the job's), with CPU settings
+    measured first where this machine has none for them (``tune.first_use``)."""
+    for line in tune.first_use(cfg, perf.parallel_jobs()):
+        log.info(line)
     if cfg.train.get("seeds") is None:
         return [trainer.Trainer(cfg, run_dir).fit()]
     hydra = HydraConfig.get()

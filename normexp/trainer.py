@@ -588,6 +588,7 @@ def validate(cfg: DictConfig) -> list[str]:
         *validation.integer("train.eval_batch_size", cfg.eval_batch_size, 1),
         *validation.integer("train.threads", cfg.threads, 1, or_word="auto"),
         *validation.boolean("train.mkldnn", cfg.mkldnn, or_auto=True),
+        *validation.number("train.autotune", cfg.autotune, 0),
         *validation.boolean("train.progress", cfg.progress, or_auto=True),
     ]
     if cfg.device == "cuda" and not torch.cuda.is_available():

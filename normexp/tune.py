@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fcntl
 import json
 import math
 import os
@@ -28,13 +29,15 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from normexp import config, data, norm, perf, steps, trainer, validation
@@ -195,6 +198,35 @@ def load_average() -> float | None:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
+def cell_config(cell: Cell, root: Path, run: DictConfig | None = None) -> DictConfig:
+    """The configuration that measures ``cell`` on the synthetic digits in ``root``: ``run``'s (a run that
+    measures on first use, inside Hydra's entry) or ``conf/``'s defaults, with the cell's norm and batch
+    size."""
+    overrides = {"batch_size": cell.batch_size, "data.root": str(root), "data.download": False,
+                 "train.device": "cpu", "train.progress": False, "train.autotune": 0}
+    if run is None:
+        return config.compose_config([f"norm={cell.norm}", *(f"{k}={v}" for k, v in overrides.items())])
+    cfg = copy.deepcopy(run)
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+def measure_cell(cell: Cell, cfg: DictConfig, cands: list[perf.CpuSettings], block_seconds: float,
+                 repeats: int, bar: tqdm) -> dict[str, Any]:
+    """The cache entry of one cell (measured with ``cell_config``'s ``cfg``): its winner among ``cands``,
+    and the measurements that chose it."""
+    rates = measure(cell, cfg, cands, block_seconds, repeats, bar)
+    fallback = perf.fallback(cell.batch_size, max(c.threads for c in cands))
+    decision = decide(rates, fallback)
+    return {"threads": decision.settings.threads, "mkldnn": decision.settings.mkldnn,
+            "channels_last": decision.settings.channels_last, "verdict": decision.verdict,
+            "work": "evaluation" if cell.evaluation else "training", "norm": cell.norm,
+            "margin": round(decision.margin, 4), "noise": round(decision.noise, 4),
+            "fallback": label(fallback), "best": label(decision.best), "load_average": load_average(),
+            "samples_per_s": {label(c): [round(r, 1) for r in rs] for c, rs in rates.items()}}
+
+
 def measure_all(cells: list[Cell], seconds: float, repeats: int, path: Path, cache: dict) -> dict:
     """Measures ``cells`` within about ``seconds``, writing ``cache`` (updated) to ``path`` after each."""
     cores = perf.available_cores()
@@ -204,43 +236,101 @@ def measure_all(cells: list[Cell], seconds: float, repeats: int, path: Path, cac
     print(f"measuring {len(cells)} cells x {len(cands)} candidates x {repeats} blocks of "
           f"~{block_seconds:.2f} s on {cores} cores (1-minute load average before: {load_before}) -> {path}",
           flush=True)
-    threads, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
     loads = []
-    with tempfile.TemporaryDirectory() as tmp, tqdm(total=len(cells) * len(cands) * (repeats + 1),
-                                                    unit="block", dynamic_ncols=True) as bar:
-        eval_size = max([c.batch_size for c in cells if c.evaluation], default=1)
-        root = data.write_synthetic_mnist(Path(tmp), TRAIN_SIZE, 4 * eval_size)  # evaluation: 4 full batches
-        try:
-            for cell in cells:
-                bar.set_description(cell.name)
-                cfg = config.compose_config([
-                    f"norm={cell.norm}", f"batch_size={cell.batch_size}", f"data.root={root}",
-                    "data.download=false", "train.device=cpu", "train.progress=false"])
-                rates = measure(cell, cfg, cands, block_seconds, repeats, bar)
-                fallback = perf.fallback(cell.batch_size, cores)
-                decision = decide(rates, fallback)
-                load = load_average()
-                loads.append(load)
-                cache["families"].setdefault(cell.family, {})[str(cell.batch_size)] = {
-                    "threads": decision.settings.threads, "mkldnn": decision.settings.mkldnn,
-                    "channels_last": decision.settings.channels_last, "verdict": decision.verdict,
-                    "work": "evaluation" if cell.evaluation else "training", "norm": cell.norm,
-                    "margin": round(decision.margin, 4), "noise": round(decision.noise, 4),
-                    "fallback": label(fallback), "best": label(decision.best), "load_average": load,
-                    "samples_per_s": {label(c): [round(r, 1) for r in rs] for c, rs in rates.items()},
-                }
-                cache["written"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                cache["measurement"] = {"seconds": seconds, "repeats": repeats,
-                                        "block_seconds": round(block_seconds, 4), "cores": cores,
-                                        "load_average_before": load_before,
-                                        "load_average_during": loads}
-                save(path, cache)
-                bar.write(f"  {cell.name:18s} {label(decision.settings):28s} "
-                          f"{describe(cache['families'][cell.family][str(cell.batch_size)])}")
-        finally:
-            torch.set_num_threads(threads)
-            torch.backends.mkldnn.enabled = mkldnn
+    with (tempfile.TemporaryDirectory() as tmp, kept_torch_settings(),
+          tqdm(total=len(cells) * len(cands) * (repeats + 1), unit="block", dynamic_ncols=True) as bar):
+        root = synthetic_digits(Path(tmp), cells)
+        for cell in cells:
+            bar.set_description(cell.name)
+            entry = measure_cell(cell, cell_config(cell, root), cands, block_seconds, repeats, bar)
+            loads.append(entry["load_average"])
+            cache["families"].setdefault(cell.family, {})[str(cell.batch_size)] = entry
+            cache["written"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            cache["measurement"] = {"seconds": seconds, "repeats": repeats,
+                                    "block_seconds": round(block_seconds, 4), "cores": cores,
+                                    "load_average_before": load_before, "load_average_during": loads}
+            save(path, cache)
+            bar.write(f"  {cell.name:18s} {label(perf.CpuSettings.from_dict(entry)):28s} {describe(entry)}")
     return cache
+
+
+def synthetic_digits(folder: Path, cells: list[Cell]) -> Path:
+    """Synthetic MNIST-format digits to measure ``cells`` on: speed does not depend on the pixels."""
+    eval_size = max([c.batch_size for c in cells if c.evaluation], default=1)
+    return data.write_synthetic_mnist(folder, TRAIN_SIZE, 4 * eval_size)  # evaluation: 4 full batches
+
+
+@contextmanager
+def kept_torch_settings() -> Iterator[None]:
+    """torch's threads and oneDNN switch as they were before the candidates changed them."""
+    threads, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.mkldnn.enabled = mkldnn
+
+
+# ---------------------------------------------------------------- on first use
+# As cuDNN's benchmark mode does for convolution algorithms: a run whose kernel family and batch size this
+# machine has no measurement for measures them in its first seconds (train.autotune: about that many
+# seconds), on throwaway models and synthetic digits, and caches the winner, which it then trains with. The
+# candidates get the job's share of the cores, measured while the sweep's other jobs run: the settings for
+# the sweep as it runs. One job measures a cell; the sweep's other jobs of that cell wait for it.
+
+FIRST_USE_REPEATS = 3
+
+
+def first_use(cfg: DictConfig, jobs: int) -> list[str]:
+    """Measures this run's cells (its batch size, and its evaluation batch size) where the cache has no
+    measurement of them; a line for each measured, for the run's log."""
+    tc = cfg.train
+    if not tc.autotune or trainer.resolve_device(tc.device).type != "cpu" or "auto" not in (tc.threads,
+                                                                                            tc.mkldnn):
+        return []
+    family, path = norm.kernels(cfg.norm), perf.cache_path()
+    sizes = {cfg.batch_size: cfg.batch_size == tc.eval_batch_size, tc.eval_batch_size: True}
+    cells = [Cell(family, cfg.norm.name, bs, evaluation) for bs, evaluation in sizes.items()]
+    share = max(1, perf.available_cores() // max(1, jobs))
+    cands = candidates(share)
+    block_seconds = tc.autotune * (1 - SETUP_SHARE) / (len(cells) * len(cands) * FIRST_USE_REPEATS)
+    lines = []
+    for cell in cells:
+        with locked(path.with_name(f".{path.stem}.{cell.family}-{cell.batch_size}.lock")):
+            if _entry(existing(path), cell) is not None:
+                continue  # measured already, or by another job of the sweep while this one waited
+            start = time.perf_counter()
+            with tempfile.TemporaryDirectory() as tmp, kept_torch_settings():
+                cell_cfg = cell_config(cell, synthetic_digits(Path(tmp), [cell]), cfg)
+                entry = measure_cell(cell, cell_cfg, cands, block_seconds, FIRST_USE_REPEATS,
+                                     tqdm(disable=True))
+            entry.update(measured_by="first use", seconds=round(time.perf_counter() - start, 1),
+                         cores=share)
+            with locked(path.with_name(f".{path.stem}.lock")):  # another cell may be written meanwhile
+                cache = existing(path) or empty_cache()
+                cache["families"].setdefault(cell.family, {})[str(cell.batch_size)] = entry
+                cache["written"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                save(path, cache)
+        lines.append(f"CPU settings for {cell.name} measured on first use in {entry['seconds']} s "
+                     f"({len(cands)} candidates on {share} core{'s' if share > 1 else ''}): "
+                     f"{label(perf.CpuSettings.from_dict(entry))}; {describe(entry)}; cached in {path}")
+    return lines
+
+
+def _entry(cache: dict | None, cell: Cell) -> dict | None:
+    return ((cache or {}).get("families") or {}).get(cell.family, {}).get(str(cell.batch_size))
+
+
+@contextmanager
+def locked(lock_path: Path) -> Iterator[None]:
+    """An exclusive flock on ``lock_path`` (made where needed), waited for."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------- the cache file
@@ -249,6 +339,10 @@ def measure_all(cells: list[Cell], seconds: float, repeats: int, path: Path, cac
 def save(path: Path, cache: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     runfiles.write_atomic(path, (json.dumps(cache, indent=1) + "\n").encode())
+
+
+def empty_cache() -> dict:
+    return {"schema": perf.CACHE_SCHEMA, "key": perf.cache_key(), "families": {}}
 
 
 def existing(path: Path) -> dict | None:
@@ -361,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     cells = [Cell(family, name, bs, bs == eval_size)
              for family, name in families(norms or sweep_norms).items() for bs in sizes]
     if cache is None:
-        cache = {"schema": perf.CACHE_SCHEMA, "key": perf.cache_key(), "families": {}}
+        cache = empty_cache()
     done = cache["families"]
     todo = [c for c in cells if args.force or done.get(c.family, {}).get(str(c.batch_size), {}).get("verdict")
             in (None, "too busy")]

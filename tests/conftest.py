@@ -26,5 +26,7 @@ def float64():
 @pytest.fixture(autouse=True)
 def no_measured_cpu_settings(tmp_path_factory, monkeypatch):
     """Every test (and every CLI run it starts) sees an empty CPU-settings cache: the built-in rule, whatever
-    ``python -m normexp.tune`` measured on this machine."""
+    ``python -m normexp.tune`` measured on this machine; and no measuring on first use (train.autotune's
+    default is 0 under NORMEXP_AUTOTUNE=0), which the tests of it ask for."""
     monkeypatch.setenv("NORMEXP_CACHE_DIR", str(tmp_path_factory.mktemp("cpu_cache")))
+    monkeypatch.setenv("NORMEXP_AUTOTUNE", "0")

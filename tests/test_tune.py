@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from helpers import ROOT
+from helpers import ROOT, run_cli
 
 from normexp import perf, tune
 
@@ -297,3 +297,76 @@ def test_a_tiny_real_measurement_writes_the_cache_that_runs_then_read(tmp_path):
     # a cell the machine was too busy to decide is measured again; a decided one is kept
     assert again.returncode == 0
     assert ("measuring 1 cells" if cell["verdict"] == "too busy" else "nothing to measure") in again.stdout
+
+
+# ---------------------------------------------------------------- on first use
+
+
+def first_use_config(root, batch_size: int = 4, seconds: float = 1.5, **train):
+    from normexp import config
+
+    overrides = ["norm=gn", f"batch_size={batch_size}", f"data.root={root}", "data.download=false",
+                 "train.device=cpu", f"train.autotune={seconds}", "train.eval_batch_size=50",
+                 *(f"train.{k}={v}" for k, v in train.items())]
+    return config.compose_config(overrides)
+
+
+@pytest.fixture
+def three_candidates(monkeypatch):
+    """Measuring on first use with three candidates, the fallbacks among them (the mechanism, not the
+    candidate list, is under test)."""
+    monkeypatch.setattr(tune, "candidates", lambda n: [S(1, False), S(n, False), S(n, True, True)])
+
+
+def test_a_run_measures_its_unmeasured_cells_once_and_caches_them_as_first_use(cache, tiny_mnist,
+                                                                                three_candidates):
+    lines = tune.first_use(first_use_config(tiny_mnist), jobs=1)
+    assert len(lines) == 2 and "gn bs 4 measured on first use in" in lines[0]
+    assert "gn bs 50 (eval) measured on first use in" in lines[1]
+    content = json.loads(perf.cache_path().read_text())
+    cells = content["families"]["gn"]
+    assert set(cells) == {"4", "50"} and cells["50"]["work"] == "evaluation"
+    for cell in cells.values():
+        assert cell["measured_by"] == "first use" and 0 < cell["seconds"] < 30
+        assert cell["cores"] == perf.available_cores()
+        assert set(cell["samples_per_s"]) == {"1 thread, native, NCHW", "8 threads, native, NCHW",
+                                              "8 threads, oneDNN, NHWC"}
+        assert all(len(rates) == tune.FIRST_USE_REPEATS for rates in cell["samples_per_s"].values())
+    chosen = perf.choose(4, torch.device("cpu"), family="gn")
+    assert chosen.source.startswith(perf.cache_path().name + ", measured on first use in ")
+    assert tune.first_use(first_use_config(tiny_mnist), jobs=1) == []  # cached: nothing measured again
+    assert tune.first_use(first_use_config(tiny_mnist, batch_size=8), jobs=2)[0].startswith(
+        "CPU settings for gn bs 8 measured")  # another cell, under a 2-job sweep's share of the cores
+    eight = json.loads(perf.cache_path().read_text())["families"]["gn"]["8"]
+    assert eight["cores"] == 4 and "4 threads, oneDNN, NHWC" in eight["samples_per_s"]
+
+
+def test_first_use_measures_nothing_where_it_is_off_or_the_settings_are_given(cache, tiny_mnist):
+    for cfg in (first_use_config(tiny_mnist, seconds=0),
+                first_use_config(tiny_mnist, threads=1, mkldnn="false")):
+        assert tune.first_use(cfg, jobs=1) == []
+    assert not perf.cache_path().exists()
+
+
+def test_a_first_run_on_an_empty_cache_trains_with_measured_settings(tmp_path, tiny_mnist):
+    """(All the candidates, on this machine's cores; one cell: the batch size is the evaluation's.)"""
+    run_dir = tmp_path / "run"
+    result = run_cli("norm=gn", "batch_size=4", f"data.root={tiny_mnist}", "train.epochs=1",
+                     "train.eval_batch_size=4", "train.autotune=1", "train.device=cpu",
+                     f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert ", measured on first use in " in summary["cpu_settings_from"]
+    assert ", measured on first use in " in summary["eval_cpu_settings"]["source"]
+    assert "CPU settings for gn bs 4 (eval) measured on first use in" in (run_dir / "train.log").read_text()
+
+
+def test_jobs_of_one_cell_measure_it_once_the_others_wait_and_read_it(cache, tiny_mnist, three_candidates):
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = first_use_config(tiny_mnist)
+    with ThreadPoolExecutor(2) as pool:  # flock keeps two open files apart, in one process as in two
+        results = list(pool.map(lambda _: tune.first_use(cfg, jobs=2), range(2)))
+    measured = [line.split(" measured")[0] for lines in results for line in lines]
+    assert sorted(measured) == ["CPU settings for gn bs 4", "CPU settings for gn bs 50 (eval)"]  # each once
+    assert set(json.loads(perf.cache_path().read_text())["families"]["gn"]) == {"4", "50"}

@@ -209,7 +209,7 @@ MARKER_FORMAT = 1  # of normexp.json
 # a run continues): conf/config.yaml's hydra.job.config.override_dirname.exclude_keys, plus the epoch cap
 NOT_RESULT_KEYS = (
     "data.root", "data.download", "train.epochs", "train.max_epochs_by_batch_size", "train.device",
-    "train.resume", "train.fast", "train.threads", "train.mkldnn", "train.progress",
+    "train.resume", "train.fast", "train.threads", "train.mkldnn", "train.autotune", "train.progress",
     "train.pack_size",  # how a job trains its seeds: packed or not, each is its own run to rounding
     "train.seeds",  # a job's seeds: each seed's own folder records its train.seed
 )
