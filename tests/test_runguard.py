@@ -379,8 +379,8 @@ STRUCT = {  # overrides: the one line
         "norm.groups=2: norm=bn has no key groups (its keys: name, eps, momentum, moments); the norm choices "
         f"with it: {WITH_GROUPS}"),
     ("train.foo=1",): "train.foo=1: train has no key foo (its keys: epochs, max_epochs_by_batch_size, seed, "
-                      "device, resume, max_loss, eval_batch_size, fast, threads, mkldnn, progress, seeds, "
-                      "pack_size)",
+                      "device, resume, max_loss, eval_batch_size, fast, threads, mkldnn, autotune, progress, "
+                      "seeds, pack_size)",
 }
 
 

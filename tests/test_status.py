@@ -71,7 +71,8 @@ def sweep(tmp_path: Path) -> Path:
 def test_every_kind_of_job_is_shown_as_what_it_is(sweep):
     result = status.read_sweep(sweep, now=NOW)
     by = {(j.norm, j.batch_size): j for j in result.jobs}
-    assert [(j.norm, j.batch_size) for j in result.jobs][:3] == [("none", 8), ("none", 4), ("none", 2)]
+    longest_first = [("none", 2), ("bn", 2), ("brn", 2)]
+    assert [(j.norm, j.batch_size) for j in result.jobs][:3] == longest_first
     assert len(result.jobs) == 12 and all(j.planned for j in result.jobs)
     assert {k: j.status for k, j in by.items()} == {
         ("none", 8): "completed", ("none", 4): "diverged", ("none", 2): "pending",
@@ -249,9 +250,9 @@ def test_a_sweep_under_joblib_counts_its_slots(tmp_path):
                    launcher=JOBLIB)
     make_run(s, "gn", 8, val_errors=(0.2,) * 30)
     result = status.read_sweep(s, now=time.time())
-    # 30 epochs of 1 s each; the other three run two at a time: 30, 30, then 60 s
-    assert result.slots == 2
-    assert [j.eta_s for j in result.jobs[1:]] == pytest.approx([30.0, 30.0, 60.0], abs=1)
+    # 30 epochs of 1 s each; the other three (launched first: longest expected) run 2 at a time: 30, 30, 60 s
+    assert result.slots == 2 and [j.batch_size for j in result.jobs] == [1, 2, 4, 8]
+    assert [j.eta_s for j in result.jobs[:3]] == pytest.approx([30.0, 30.0, 60.0], abs=1)
     assert "no job is running (nothing written for" in result.eta_how
 
 

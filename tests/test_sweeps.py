@@ -45,6 +45,23 @@ def test_tiny_multirun_names_its_jobs_and_draws_them(tmp_path, tiny_mnist, launc
     assert [p.name for p in written] == ["bs-16.png", "bs-8.png", "summary.png", "summary.csv", "summary.md",
                                             "claims.md"]
     assert all(p.stat().st_size > 1000 for p in written[:3])
+    launched = {name: OmegaConf.load(sweep / name / ".hydra" / "hydra.yaml").hydra.job.num
+                for name in job_folders(sweep)}
+    assert sorted(sorted(launched, key=launched.get)[:2]) == GRID[2:]  # the longest (batch size 8) first
+    assert [j.name for j in results.planned_jobs(sweep)] == sorted(launched, key=launched.get)
+
+
+def test_jobs_launch_longest_expected_first_or_in_grid_order_under_the_basic_sweeper():
+    cfg = compose_config(["experiment=mcn_sweep"], hydra=True)
+    planned = sweeps.planned_jobs(cfg)
+    times = [sweeps.expected_time(j) for j in planned]
+    assert times == sorted(times, reverse=True) and len(planned) == 32
+    assert [(j.batch_size, j.epochs) for j in planned[::4]] == [
+        (2, 30), (4, 30), (1, 10), (16, 30), (32, 30), (64, 30), (128, 30), (256, 30)]
+    assert [j.norm for j in planned[:4]] == ["none", "bn", "brn", "gn"]  # ties keep the grid's order
+    grid = sweeps.planned_jobs(compose_config(["experiment=mcn_sweep", "hydra/sweeper=basic"], hydra=True))
+    assert [(j.norm, j.batch_size) for j in grid[:3]] == [("none", 256), ("none", 128), ("none", 64)]
+    assert sorted(j.name for j in grid) == sorted(j.name for j in planned)  # the same jobs and folders
 
 
 def test_submitit_local_runs_every_job_and_a_diverged_one_stops_no_other(tmp_path, tiny_mnist):

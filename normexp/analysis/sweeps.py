@@ -28,14 +28,20 @@ def job_files(seeds: object) -> str:
 OmegaConf.register_new_resolver("normexp_job_files", job_files, replace=True)
 
 
+LONGEST_FIRST = "hydra_plugins.normexp_sweeper.LongestFirstSweeper"  # conf/hydra/sweeper/longest_first.yaml
+LISTABLE = ("BasicSweeper", LONGEST_FIRST)  # sweepers whose jobs are known before the first starts
+
+
 def is_basic_sweeper(config: DictConfig) -> bool:
-    """Whether the sweep runs under Hydra's basic sweeper (the one whose jobs can be listed up front)."""
-    return str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper")
+    """Whether the sweep runs under Hydra's basic sweeper, or normexp's longest-first one: the sweepers whose
+    jobs can be listed up front."""
+    return str(config.hydra.sweeper.get("_target_", "")).endswith(LISTABLE)
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
-    """The overrides of every job of a sweep, expanded as Hydra's basic sweeper will expand them; None for
-    other sweepers (their jobs are checked one by one as they start)."""
+    """The overrides of every job of a sweep in launch order: as Hydra's basic sweeper expands them, longest
+    expected first under normexp's sweeper (``by_expected_time``); None for other sweepers (their jobs are
+    checked one by one as they start)."""
     if not is_basic_sweeper(config):
         return None
     # Hydra's own expansion (a public static method of a class in its _internal package), so that the jobs
@@ -45,7 +51,31 @@ def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
     params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
     arguments = params + list(config.hydra.overrides.task)
     overrides = OverridesParser.create().parse_overrides(arguments)
-    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    jobs = [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    longest_first = str(config.hydra.sweeper.get("_target_", "")) == LONGEST_FIRST
+    return by_expected_time(config, jobs) if longest_first else jobs
+
+
+# What an SGD step costs beyond its samples' arithmetic, in samples: at batch size 1 a step is mostly
+# framework overhead (docs/performance.md: about 1,400 samples/s at batch size 1, 3,250 at 8 and 8,000 at 256
+# on one core), so a job's time goes as its steps times (STEP_OVERHEAD + batch size)
+STEP_OVERHEAD = 3.0
+
+
+def expected_time(job: PlannedJob) -> float:
+    """A job's expected training time relative to the sweep's other jobs (the same data): its epochs, times
+    its seeds, times the cost of an epoch at its batch size in sample-equivalents per training example."""
+    if not isinstance(job.batch_size, int) or job.batch_size < 1:
+        return 0.0
+    return (job.epochs or 0) * len(job.seeds) * (1 + STEP_OVERHEAD / job.batch_size)
+
+
+def by_expected_time(config: DictConfig, jobs: list[list[str]]) -> list[list[str]]:
+    """``jobs`` longest expected first (``expected_time``), ties in the sweep's own order: under a parallel
+    launcher the longest jobs never start last and run alone at the end."""
+    planned = _planned(config, jobs)
+    order = sorted(range(len(jobs)), key=lambda i: -expected_time(planned[i]))
+    return [jobs[i] for i in order]
 
 
 # The two protocols of the writeup: its text (the learning rate scaled with the batch size, PyTorch's
@@ -124,8 +154,10 @@ def planned_jobs(config: DictConfig) -> list[PlannedJob] | None:
     cannot be listed up front. A job's settings are its overrides, else the sweep's (so a norm's own
     defaults that the sweep's config does not show are not seen)."""
     jobs = sweep_jobs(config)
-    if jobs is None:
-        return None
+    return None if jobs is None else _planned(config, jobs)
+
+
+def _planned(config: DictConfig, jobs: list[list[str]]) -> list[PlannedJob]:
     values = [parse(job) for job in jobs]
     keys = {k for v in values for k in v}
     varying = sorted(k for k in keys - {"norm", "batch_size", "train.seed"}
