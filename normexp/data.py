@@ -196,6 +196,11 @@ def train_size(cfg: DictConfig) -> int | None:
     return _check_split(cfg, train=True) if files_present(cfg) else None
 
 
+def split_sizes(cfg: DictConfig) -> tuple[int, int] | None:
+    """Numbers of training and test examples, from the file headers; None when the files are not there."""
+    return (_check_split(cfg, train=True), _check_split(cfg, train=False)) if files_present(cfg) else None
+
+
 _HASHES: dict[tuple[str, int, int], str] = {}  # (file, size, mtime) -> sha256: each file hashed once
 
 

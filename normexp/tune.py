@@ -37,11 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from normexp import config, data, norm, perf, steps, trainer, validation
-from normexp.analysis import runfiles
+from normexp.analysis import runfiles, status, sweeps
 
 TRAIN_SIZE = 8192  # synthetic training digits: every power-of-two batch size up to 256 divides it
 TOO_BUSY = 0.20  # blocks spreading more than +-20 % around their median: too busy to decide
@@ -410,6 +411,70 @@ def _range(values: list[float | None]) -> str:
     return f"{min(values):.2f}..{max(values):.2f}" if values else "?"
 
 
+# ---------------------------------------------------------------- a sweep's time, before it starts
+# A dry run: the sweep's jobs as its sweeper will launch them (analysis.sweeps), each job's epochs at the
+# samples/s this machine's measurements give the settings it will train with (its kernel family, batch size
+# and share of the cores under the sweep's launcher), and the launcher's slots filled in launch order
+# (analysis.status.schedule). Nothing is trained.
+
+MNIST_SIZES = (60_000, 10_000)  # where the data is not there to count
+
+
+def job_rate(cache: dict | None, family: str, batch_size: int, slots: int, evaluation: bool) -> float | None:
+    """Samples/s of ``family`` at ``batch_size`` with the settings a run would choose in a sweep of ``slots``
+    jobs at once: the median of that candidate's measured blocks, at the nearest measured batch size."""
+    cells = {int(bs): cell for bs, cell in ((cache or {}).get("families") or {}).get(family, {}).items()
+             if (cell.get("work") == "evaluation") == evaluation}
+    if not cells:
+        return None
+    cell = cells[perf.nearest(batch_size, cells)]
+    settings = perf.choose(batch_size, torch.device("cpu"), jobs=slots, family=family)
+    rates = cell.get("samples_per_s", {}).get(label(perf.CpuSettings(settings.threads, settings.mkldnn,
+                                                                     settings.channels_last)))
+    if not rates:  # that candidate was not measured (more cores then): the cell's winner
+        rates = cell.get("samples_per_s", {}).get(label(perf.CpuSettings.from_dict(cell))) or []
+    return statistics.median(rates) if rates else None
+
+
+def sweep_config(overrides: list[str]) -> DictConfig:
+    """The sweep's configuration as ``-m`` composes it: the swept values left to the sweeper, which finds
+    them, with the rest, in hydra.overrides.task."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    cfg = config.compose_config([o.input_line for o in parsed if not o.is_sweep_override()], hydra=True)
+    with open_dict(cfg.hydra):  # Hydra's own keys (hydra/launcher=joblib) are not the jobs'
+        cfg.hydra.overrides.task = [o.input_line for o in parsed if not o.is_hydra_override()]
+    return cfg
+
+
+def estimate(overrides: list[str]) -> list[str]:
+    """The dry run of ``python -m normexp.train -m <overrides>``: a line per job and the total."""
+    cfg = sweep_config(overrides)
+    planned = sweeps.planned_jobs(cfg)
+    if planned is None:
+        return [f"{cfg.hydra.sweeper._target_}: a sweeper whose jobs are not known before they start"]
+    slots = status.launcher_slots(cfg.hydra.launcher, len(planned))[0] or 1
+    n_train, n_test = data.split_sizes(cfg.data) or MNIST_SIZES
+    cache, durations, lines = existing(perf.cache_path()), [], []
+    for job in planned:
+        family = norm.REGISTRY[job.norm].kernels
+        train_rate = job_rate(cache, family, job.batch_size, slots, False)
+        eval_rate = job_rate(cache, family, cfg.train.eval_batch_size, slots, True)
+        if train_rate is None or eval_rate is None or job.epochs is None:
+            durations.append(0.0)
+            lines.append(f"  {job.name:40s} not measured here ({family}): python -m normexp.tune")
+            continue
+        seconds = job.epochs * len(job.seeds) * (n_train / train_rate + n_test / eval_rate)
+        durations.append(seconds)
+        lines.append(f"  {job.name:40s} {job.epochs:3d} epochs x {len(job.seeds)} seed(s) "
+                     f"{status.duration(seconds):>10s}  ({train_rate:.0f} samples/s)")
+    ends = status.schedule([], durations, slots)
+    total = max(ends, default=0.0)
+    lines.append(f"{len(planned)} jobs, {slots} at a time ({cfg.hydra.sweeper._target_.rsplit('.', 1)[-1]}, "
+                 f"{n_train:,} training digits): about {status.duration(total)} on this machine, "
+                 f"{status.duration(sum(durations))} of job time")
+    return lines
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -442,7 +507,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed blocks per candidate (default 5)")
     parser.add_argument("--force", action="store_true", help="measure again what is already measured")
     parser.add_argument("--show", action="store_true", help="print what is measured for this machine; stop")
+    parser.add_argument("--estimate", nargs=argparse.REMAINDER, metavar="OVERRIDE",
+                        help="how long python -m normexp.train -m OVERRIDE... would take here, from the "
+                        "measurements (a dry run: nothing trains); stop")
     args = parser.parse_args(argv)
+    if args.estimate is not None:
+        print("\n".join(estimate(args.estimate)))
+        return 0
     sizes, norms = checked_arguments(parser, args)
     path = perf.cache_path()
     cache = existing(path)

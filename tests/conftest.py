@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import write_mnist
+
+# Before any fixture, session- and module-scoped ones included (their runs start before the per-test fixture
+# below): an empty CPU-settings cache of the session's own, and no measuring on first use
+os.environ["NORMEXP_CACHE_DIR"] = tempfile.mkdtemp(prefix="normexp-test-cache-")
+os.environ["NORMEXP_AUTOTUNE"] = "0"
 
 
 @pytest.fixture

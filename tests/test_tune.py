@@ -370,3 +370,25 @@ def test_jobs_of_one_cell_measure_it_once_the_others_wait_and_read_it(cache, tin
     measured = [line.split(" measured")[0] for lines in results for line in lines]
     assert sorted(measured) == ["CPU settings for gn bs 4", "CPU settings for gn bs 50 (eval)"]  # each once
     assert set(json.loads(perf.cache_path().read_text())["families"]["gn"]) == {"4", "50"}
+
+
+# ---------------------------------------------------------------- the dry run
+
+
+def test_the_dry_run_estimates_a_sweep_from_the_measurements_in_launch_order(cache, tiny_mnist):
+    def cell(rate: float, work: str) -> dict:
+        return {**S(1, False).as_dict(), "verdict": "measured", "work": work,
+                "samples_per_s": {"1 thread, native, NCHW": [rate * 0.9, rate, rate * 1.1]}}
+
+    cells = {"2": cell(20.0, "training"), "8": cell(100.0, "training"), "250": cell(1000.0, "evaluation")}
+    tune.save(perf.cache_path(), {**tune.empty_cache(), "families": {"gn": cells}})
+    sweep = ["norm=gn", "batch_size=8,2", "train.epochs=3", f"data.root={tiny_mnist}"]
+    lines = tune.estimate([*sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
+    # 200 training digits at 20 (bs 2) and 100 (bs 8) samples/s, 100 test digits at 1000/s, 3 epochs each
+    assert lines[0].split()[:4] == ["batch_size=2,norm=gn", "3", "epochs", "x"]  # the longest first
+    assert "30s" in lines[0] and "6s" in lines[1]  # 3 x (10 + 0.1) s and 3 x (2 + 0.1) s
+    assert lines[-1].startswith("2 jobs, 2 at a time (LongestFirstSweeper, 200 training digits): about 30s")
+    one_at_a_time = tune.estimate(sweep)[-1]  # the basic launcher
+    assert "1 at a time" in one_at_a_time and "about 37s on this machine" in one_at_a_time
+    unmeasured = tune.estimate(["norm=bn", "batch_size=8", f"data.root={tiny_mnist}"])
+    assert "not measured here (bn): python -m normexp.tune" in unmeasured[0]
