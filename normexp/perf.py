@@ -292,15 +292,29 @@ def choose(
     )
 
 
-def pack_size(requested: int | str, device: torch.device, seeds: int) -> int:
+def pack_size(requested: int | str, device: torch.device, seeds: int, family: str = "gn",
+              batch_size: int = 1) -> int:
     """How many seeds of a ``train.seeds`` job train packed together (1: one after another): as
-    ``train.pack_size`` asks, else on a GPU all of them (one kernel launch serves them all), on CPU one at a
-    time: packed, the seeds' steps cost more than one after another at every batch size measured, as
-    normexp's one-seed step is bound by kernels that packing cannot share (docs/performance.md, "Packed
-    seeds"; ``scripts/bench.py --packed`` measures it again)."""
+    ``train.pack_size`` asks, else on a GPU all of them (one kernel launch serves them all), on CPU all of
+    them where this machine's measurement of the family at the nearest measured batch size found three
+    seeds packed cheaper than three one after another beyond the noise (``normexp.tune``; a run measures
+    it on first use), else one at a time: on some CPUs a packed step costs more than the seeds' steps in
+    turn (docs/performance.md, "Packed seeds")."""
     if requested != "auto":
         return max(1, min(int(requested), seeds))
-    return seeds if device.type != "cpu" else 1
+    if device.type != "cpu":
+        return seeds
+    return seeds if packing_wins(family, batch_size) else 1
+
+
+def packing_wins(family: str, batch_size: int) -> bool:
+    """Whether the measured cell nearest ``batch_size`` found packed seeds cheaper beyond the noise."""
+    if load_cache() is None:  # none, or not this machine's (warned about there)
+        return False
+    cells = {int(bs): cell["packed"] for bs, cell in
+             json.loads(cache_path().read_text())["families"].get(family, {}).items()
+             if isinstance(cell.get("packed"), dict)}
+    return bool(cells) and bool(cells[nearest(batch_size, cells)].get("wins"))
 
 
 def apply(settings: CpuSettings) -> None:

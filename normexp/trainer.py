@@ -714,7 +714,8 @@ def plan_groups(cfg: DictConfig, seeds: list[int], runs: list[Trainer]) -> list[
     if not runs:
         return []
     recorded = next((st.pack["pack_size"] for st in states if st.pack.get("pack_size")), None)
-    size = recorded or perf.pack_size(cfg.train.pack_size, resolve_device(cfg.train.device), len(seeds))
+    size = recorded or perf.pack_size(cfg.train.pack_size, resolve_device(cfg.train.device), len(seeds),
+                                      norm.kernels(cfg.norm), cfg.batch_size)
     if not norm.can_pack(cfg.norm):
         size = 1
     by_point: dict[tuple[int, int], list[int]] = {}

@@ -107,16 +107,23 @@ class Work:
     settings: perf.CpuSettings
     cfg: DictConfig
     evaluation: bool  # time evaluation passes over the test split instead of training steps
+    seeds: int = 1  # more: that many seeds packed in one network, as a job of train.seeds trains them
     group: Any = None
     diverged: bool = False
 
     def __post_init__(self) -> None:
-        run = trainer.Trainer(self.cfg, Path(tempfile.gettempdir()), jobs=1)
-        setup = run.build()
-        # the candidate's layout, which the rule may not give this batch size (its optimizer has no state yet)
-        setup.model.to(memory_format=self.settings.memory_format)
-        setup.cpu = setup.eval_cpu = self.settings
-        self.group = trainer.Group([run], [trainer.RunState()], timing=True)
+        runs, splits = [], None
+        for seed in range(self.seeds):
+            run = trainer.Trainer(trainer.seed_config(self.cfg, seed), Path(tempfile.gettempdir()), jobs=1)
+            setup = run.build(splits=splits)
+            splits = setup.train_set, setup.test_set
+            # the candidate's layout, which the rule may not give this batch size (no optimizer state yet)
+            setup.model.to(memory_format=self.settings.memory_format)
+            setup.cpu = setup.eval_cpu = self.settings
+            runs.append(run)
+        self.group = trainer.Group(runs, [trainer.RunState() for _ in runs], packed=self.seeds > 1,
+                                   timing=True)
+        self.group.build_net()
 
     @property
     def setup(self) -> Any:
@@ -243,7 +250,11 @@ def measure_all(cells: list[Cell], seconds: float, repeats: int, path: Path, cac
         root = synthetic_digits(Path(tmp), cells)
         for cell in cells:
             bar.set_description(cell.name)
-            entry = measure_cell(cell, cell_config(cell, root), cands, block_seconds, repeats, bar)
+            cfg = cell_config(cell, root)
+            entry = measure_cell(cell, cfg, cands, block_seconds, repeats, bar)
+            if not cell.evaluation:
+                entry["packed"] = measure_packing(cell, cfg, perf.CpuSettings.from_dict(entry), block_seconds,
+                                                  repeats)
             loads.append(entry["load_average"])
             cache["families"].setdefault(cell.family, {})[str(cell.batch_size)] = entry
             cache["written"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -272,6 +283,29 @@ def kept_torch_settings() -> Iterator[None]:
         torch.backends.mkldnn.enabled = mkldnn
 
 
+PACK_SEEDS = 3  # the seeds packed to decide whether packing wins (train.pack_size=auto)
+
+
+def measure_packing(cell: Cell, cfg: DictConfig, settings: perf.CpuSettings, block_seconds: float,
+                    repeats: int) -> dict[str, Any]:
+    """PACK_SEEDS seeds packed in one network against one seed alone, under the cell's ``settings``, in
+    interleaved blocks of the same steps: the pack's cost in one seed's (PACK_SEEDS: no gain), and whether
+    it is cheaper than the seeds one after another by more than the blocks' spread."""
+    solo = Work(settings, copy.deepcopy(cfg), False)
+    packed = Work(settings, copy.deepcopy(cfg), False, PACK_SEEDS)
+    for work in (solo, packed):
+        timed(work, 3)  # warm-up
+    units = max(2, round(block_seconds * timed(solo, 3) / cell.batch_size))
+    costs = []
+    for repeat in range(repeats):
+        pair = (solo, packed) if repeat % 2 == 0 else (packed, solo)
+        rates = {id(w): timed(w, units) for w in pair}
+        costs.append(PACK_SEEDS * rates[id(solo)] / rates[id(packed)])  # the pack's time over one seed's
+    cost, noise = statistics.median(costs), spread(costs)
+    return {"seeds": PACK_SEEDS, "cost": round(cost, 3), "noise": round(noise, 4),
+            "wins": cost * (1 + noise) < PACK_SEEDS, "settings": label(settings)}
+
+
 # ---------------------------------------------------------------- on first use
 # As cuDNN's benchmark mode does for convolution algorithms: a run whose kernel family and batch size this
 # machine has no measurement for measures them in its first seconds (train.autotune: about that many
@@ -284,7 +318,8 @@ FIRST_USE_REPEATS = 3
 
 def first_use(cfg: DictConfig, jobs: int) -> list[str]:
     """Measures this run's cells (its batch size, and its evaluation batch size) where the cache has no
-    measurement of them; a line for each measured, for the run's log."""
+    measurement of them, and, for a job of ``train.seeds`` that leaves packing to normexp, whether packed
+    seeds win at its batch size; a line for each measured, for the run's log."""
     tc = cfg.train
     if not tc.autotune or trainer.resolve_device(tc.device).type != "cpu" or "auto" not in (tc.threads,
                                                                                             tc.mkldnn):
@@ -294,28 +329,42 @@ def first_use(cfg: DictConfig, jobs: int) -> list[str]:
     cells = [Cell(family, cfg.norm.name, bs, evaluation) for bs, evaluation in sizes.items()]
     share = max(1, perf.available_cores() // max(1, jobs))
     cands = candidates(share)
-    block_seconds = tc.autotune * (1 - SETUP_SHARE) / (len(cells) * len(cands) * FIRST_USE_REPEATS)
+    block_seconds = tc.autotune * (1 - SETUP_SHARE) / (len(cells) * (len(cands) + 2) * FIRST_USE_REPEATS)
+    packing = tc.get("seeds") is not None and tc.pack_size == "auto" and norm.can_pack(cfg.norm)
     lines = []
     for cell in cells:
         with locked(path.with_name(f".{path.stem}.{cell.family}-{cell.batch_size}.lock")):
-            if _entry(existing(path), cell) is not None:
+            entry = _entry(existing(path), cell)
+            pack = packing and cell.batch_size == cfg.batch_size and "packed" not in (entry or {})
+            if entry is not None and not pack:
                 continue  # measured already, or by another job of the sweep while this one waited
             start = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp, kept_torch_settings():
                 cell_cfg = cell_config(cell, synthetic_digits(Path(tmp), [cell]), cfg)
-                entry = measure_cell(cell, cell_cfg, cands, block_seconds, FIRST_USE_REPEATS,
-                                     tqdm(disable=True))
-            entry.update(measured_by="first use", seconds=round(time.perf_counter() - start, 1),
-                         cores=share)
+                if entry is None:
+                    entry = measure_cell(cell, cell_cfg, cands, block_seconds, FIRST_USE_REPEATS,
+                                         tqdm(disable=True))
+                    entry.update(measured_by="first use", cores=share)
+                if pack:
+                    entry["packed"] = measure_packing(cell, cell_cfg, perf.CpuSettings.from_dict(entry),
+                                                      block_seconds, FIRST_USE_REPEATS)
+            entry["seconds"] = round(entry.get("seconds", 0) + time.perf_counter() - start, 1)
             with locked(path.with_name(f".{path.stem}.lock")):  # another cell may be written meanwhile
                 cache = existing(path) or empty_cache()
                 cache["families"].setdefault(cell.family, {})[str(cell.batch_size)] = entry
                 cache["written"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
                 save(path, cache)
-        lines.append(f"CPU settings for {cell.name} measured on first use in {entry['seconds']} s "
-                     f"({len(cands)} candidates on {share} core{'s' if share > 1 else ''}): "
-                     f"{label(perf.CpuSettings.from_dict(entry))}; {describe(entry)}; cached in {path}")
+        lines.append(first_use_line(cell, entry, path))
     return lines
+
+
+def first_use_line(cell: Cell, entry: dict[str, Any], path: Path) -> str:
+    packed, pack = entry.get("packed"), ""
+    if packed:
+        pack = (f"; {packed['seeds']} seeds packed cost {packed['cost']:.2f}x one seed (noise "
+                f"+-{packed['noise']:.0%}): {'packed' if packed['wins'] else 'one after another'}")
+    return (f"CPU settings for {cell.name} measured on first use in {entry['seconds']} s: "
+            f"{label(perf.CpuSettings.from_dict(entry))}; {describe(entry)}{pack}; cached in {path}")
 
 
 def _entry(cache: dict | None, cell: Cell) -> dict | None:

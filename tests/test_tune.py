@@ -392,3 +392,30 @@ def test_the_dry_run_estimates_a_sweep_from_the_measurements_in_launch_order(cac
     assert "1 at a time" in one_at_a_time and "about 37s on this machine" in one_at_a_time
     unmeasured = tune.estimate(["norm=bn", "batch_size=8", f"data.root={tiny_mnist}"])
     assert "not measured here (bn): python -m normexp.tune" in unmeasured[0]
+
+
+# ---------------------------------------------------------------- packed seeds
+
+
+def test_auto_packs_seeds_on_cpu_only_where_the_measurement_found_packing_cheaper(cache):
+    def cell(wins: bool | None) -> dict:
+        packed = {} if wins is None else {"packed": {"seeds": 3, "cost": 2.3 if wins else 3.4, "wins": wins}}
+        return {**S(1, False).as_dict(), "verdict": "measured", **packed}
+
+    gn = {"1": cell(True), "4": cell(True), "64": cell(False), "256": cell(None)}
+    tune.save(perf.cache_path(), {**tune.empty_cache(), "families": {"gn": gn, "bn": {"4": cell(None)}}})
+    auto = [perf.pack_size("auto", CPU, 3, "gn", bs) for bs in (1, 2, 4, 16, 64, 256)]
+    assert auto == [3, 3, 3, 3, 1, 1]  # the nearest cell with a packing measurement (256 has none: 64's)
+    assert perf.pack_size("auto", CPU, 3, "bn", 4) == 1  # nothing measured for bn's packing: one at a time
+    assert perf.pack_size(2, CPU, 3, "bn", 4) == 2 and perf.pack_size("auto", torch.device("cuda"), 3) == 3
+
+
+def test_a_job_of_seeds_measures_on_first_use_whether_packing_wins(cache, tiny_mnist, three_candidates):
+    cfg = first_use_config(tiny_mnist, seeds="[0,1,2]")
+    lines = tune.first_use(cfg, jobs=1)
+    assert "seeds packed cost" in lines[0] and "(eval)" in lines[1] and "packed cost" not in lines[1]
+    packed = json.loads(perf.cache_path().read_text())["families"]["gn"]["4"]["packed"]
+    assert packed["seeds"] == 3 and packed["cost"] > 0 and packed["wins"] == (packed["cost"] * (
+        1 + packed["noise"]) < 3)
+    assert perf.pack_size("auto", CPU, 3, "gn", 4) == (3 if packed["wins"] else 1)
+    assert tune.first_use(cfg, jobs=1) == []  # measured: not again
