@@ -227,7 +227,10 @@ class Trainer:
         another run or files that cannot be read or written."""
         with runguard.locked(self.run_dir):
             self.claim()
-            return self._fit()
+            finished = self.finished()
+            if finished is not None:
+                return finished
+            return Group([self], [self.resume()]).fit()[0]  # the planned epochs, to the run's end
 
     def claim(self) -> None:
         """The run folder checked to hold this run (``train.resume``), or its results moved aside (start
@@ -240,16 +243,6 @@ class Trainer:
         runguard.record(self.run_dir, now, notes)
         for line in notes:
             log.info(line)
-
-    def _fit(self) -> Outcome:
-        finished = self.finished()
-        if finished is not None:
-            return finished
-        return self.train(self.resume())
-
-    def train(self, state: RunState) -> Outcome:
-        """The planned epochs from ``state`` on, to the run's end."""
-        return Group([self], [state]).fit()[0]
 
     def failed(self, state: RunState, err: Exception) -> None:
         """An error that ends the run, recorded: summary.json says "failed" (with the error), never "running"

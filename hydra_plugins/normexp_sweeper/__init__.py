@@ -1,7 +1,11 @@
 """normexp's default sweeper: Hydra's basic sweeper (the same grid, the same jobs and folders) launching the
 jobs longest expected first (``normexp.analysis.sweeps.by_expected_time``), so that under a parallel launcher
 (joblib, submitit, SLURM) the longest jobs, the smallest batch sizes, never start last and run alone at the
-end. ``hydra/sweeper=basic`` launches in grid order again."""
+end. ``hydra/sweeper=basic`` launches in grid order again.
+
+It subclasses Hydra's basic sweeper, whose class Hydra keeps in ``hydra._internal`` (there is no public
+form); tests/test_sweeps.py runs real sweeps under it and checks their launch order, so a change in Hydra
+fails there loudly."""
 
 from __future__ import annotations
 
