@@ -252,7 +252,7 @@ def measure_all(cells: list[Cell], seconds: float, repeats: int, path: Path, cac
             bar.set_description(cell.name)
             cfg = cell_config(cell, root)
             entry = measure_cell(cell, cfg, cands, block_seconds, repeats, bar)
-            if not cell.evaluation:
+            if not cell.evaluation and norm.can_pack(cfg.norm):
                 entry["packed"] = measure_packing(cell, cfg, perf.CpuSettings.from_dict(entry), block_seconds,
                                                   repeats)
             loads.append(entry["load_average"])
