@@ -4,9 +4,12 @@ torch).
     python -m normexp.analysis.status                       # the newest sweep under outputs/sweeps/
     python -m normexp.analysis.status SWEEP [SWEEP ...] [--watch N] [--json] [--stall-after SECONDS]
 
-One row per job of the sweep, in the order the launcher starts them, including jobs not started yet: their
-list is Hydra's basic sweeper's expansion of the sweep's ``multirun.yaml`` (``sweeps.sweep_jobs``) and each
-job's folder is named as Hydra names it (``hydra.sweep.subdir``, by default the job's override_dirname).
+One row per job of the sweep, in the order the launcher starts them (longest expected first under normexp's
+default sweeper), including jobs not started yet: their list is the basic sweeper's expansion of the sweep's
+``multirun.yaml`` (``sweeps.sweep_jobs``) and each job's folder is named as Hydra names it
+(``hydra.sweep.subdir``, by default the job's override_dirname). Before a sweep starts, ``python -m
+normexp.tune --estimate <its overrides>`` says how long it will take on this machine (from its measured CPU
+rates, which need torch: not here).
 
 A job is ``pending`` (no folder yet, or only Hydra's files and an empty log for NEVER_STARTED_AFTER:
 dispatched after its sweep was told to stop), ``running``, ``stalled`` (its summary.json says running, or it
