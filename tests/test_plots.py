@@ -10,6 +10,7 @@ from pathlib import Path
 
 import matplotlib.image
 import numpy as np
+import pandas as pd
 import pytest
 from fake_runs import make_run
 from helpers import ROOT
@@ -174,6 +175,39 @@ def test_script_bad_input_is_one_line(tmp_path, sweep, capsys, args, message):
         load_script().main([a.format(sweep=sweep, tmp=tmp_path) for a in args])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"normexp: error: {message.format(tmp=tmp_path)}\n"
+
+
+def test_a_named_folder_is_a_protocol_of_its_own_in_claims_and_distances(tmp_path):
+    code = ("optim.scaling=none", "optim.factors=autonn", "norm.moments=matconvnet")
+    line = results.writeup_curves().set_index(["norm", "batch_size"]).loc[("bn", 256), "val_error"]
+    full = results.WRITEUP_TRAIN_DIGITS
+    make_run(tmp_path / "code", "bn", 256, 0, tuple(line + 0.01), extra=code, train_digits=full)
+    make_run(tmp_path / "text", "bn", 256, 0, tuple(line + 0.0095), train_digits=full)
+    drawn = (*code, "optim.auto_lr.with_norm=0.001")
+    make_run(tmp_path / "drawn", "bn", 256, 0, tuple(line + 0.001), extra=drawn, train_digits=full)
+    out = tmp_path / "o"
+    proc = plot_sweep(tmp_path / "code", tmp_path / "text", f"drawn={tmp_path / 'drawn'}", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    claims_md = (tmp_path / "o" / "claims.md").read_text()
+    assert claims_md.startswith("| claim | code | drawn | text |")
+    table = (tmp_path / "o" / "curve_distance.md").read_text().splitlines()
+    assert table[0] == ("| batch size | line | error: code | error: drawn | error: text | objective: code "
+                        "| objective: drawn | objective: text | epochs | closest |")
+    assert table[2].startswith("| 256 | BNORM | 1.00 | 0.10 | 0.95 |") and table[2].endswith("| 30 | drawn |")
+
+
+def test_distance_table_calls_a_tie_within_two_hundredths_of_a_point_and_splits_a_protocols_variants():
+    def row(protocol, variant, distance):
+        return {"protocol": protocol, "variant": variant, "norm": "gn", "batch_size": 2,
+                "val_error_distance": distance, "val_loss_distance": 0.01, "epochs": 30}
+
+    close = pd.DataFrame([row("code", "gn [code]", 0.0050), row("text", "gn [text]", 0.0049)])
+    tie = "| 2 | GNORM | 0.50 | 0.49 | 0.010 | 0.010 | 30 | tie |"
+    assert plots.distance_markdown(close).splitlines()[2] == tie
+    apart = pd.concat([close, pd.DataFrame([row("code", "gn optim.lr=0.001 [code]", 0.001)])])
+    lines = plots.distance_markdown(apart).splitlines()
+    assert lines[0].startswith("| batch size | line | error: code | error: code optim.lr=0.001 | error: text")
+    assert lines[2] == "| 2 | GNORM | 0.50 | 0.10 | 0.49 | 0.010 | 0.010 | 0.010 | 30 | code optim.lr=0.001 |"
 
 
 def test_new_norms_and_a_name_without_a_style_still_plot_each_with_its_own_line(tmp_path):

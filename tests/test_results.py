@@ -302,3 +302,22 @@ def test_a_norm_stuck_at_every_rate_has_no_good_band(tmp_path):
     assert math.isnan(row["good_low"]) and math.isnan(row["good_decades"]) and not row["good_at_edge"]
     table = results.best_rates_markdown(best)
     assert "| bn | 1 | 0.001 | 86.00 (n=1) | none: every rate stuck | – |" in table
+
+
+def test_a_label_names_the_protocol_of_the_runs_in_its_folder(tmp_path):
+    code = ("optim.scaling=none", "optim.factors=autonn", "norm.moments=matconvnet")
+    make_run(tmp_path / "code", "bn", 4, 0, (0.1, 0.03), extra=code)
+    drawn = (*code, "optim.auto_lr.with_norm=0.001")
+    make_run(tmp_path / "drawn" / "seed0", "bn", 4, 0, (0.1, 0.02), extra=drawn)
+    (tmp_path / "drawn" / "seed0" / "multirun.yaml").write_text("{}")  # a plan this reader cannot use
+    labels = {tmp_path / "drawn": "drawn"}
+    df = results.load([tmp_path / "code", tmp_path / "drawn"], labels=labels)
+    by_protocol = results.runs(df).set_index("protocol")
+    assert sorted(by_protocol.index) == ["code", "drawn"]
+    assert by_protocol.loc["drawn", "final_val_error"] == 0.02
+    assert by_protocol.loc["drawn", "variant"] == "bn optim.auto_lr.with_norm=0.001 [drawn]"
+    assert results.load([tmp_path / "code", tmp_path / "drawn"])["protocol"].unique().tolist() == ["code"]
+    assert results.labelled(tmp_path / "drawn" / "seed0" / "x", labels) == "drawn"
+    assert results.labelled(tmp_path / "code", labels) is None
+    nested = {tmp_path: "outer", tmp_path / "drawn": "inner"}  # the nearest labelled folder names it
+    assert results.labelled(tmp_path / "drawn" / "seed0", nested) == "inner"

@@ -403,11 +403,43 @@ def batch_sizes(df: pd.DataFrame) -> list[int]:
 
 
 
+CLOSER_BY = 0.0002  # a protocol lies closer to a writeup line where its error distance is 0.02 points smaller
+
+
+def distance_markdown(distance: pd.DataFrame) -> str:
+    """``results.curve_distance`` as a table: per batch size and writeup line, each protocol's distance of
+    validation error (percentage points) and objective, and which protocol lies closest (by more than
+    ``CLOSER_BY``, else "tie"). A protocol with several variants of one norm gets a column per variant."""
+    table = distance.reset_index(drop=True)
+    table["column"] = table["protocol"]
+    several = table.groupby(["protocol", "norm", "batch_size"])["variant"].transform("nunique") > 1
+    settings = pd.Series([v.split(" [")[0].removeprefix(n) for v, n in zip(table["variant"], table["norm"],
+                                                                             strict=True)], index=table.index)
+    table.loc[several, "column"] = (table["protocol"] + " " + settings.str.strip()).str.strip()
+    columns = sorted(set(table["column"]))
+    lines = ["| batch size | line | " + " | ".join(f"error: {c}" for c in columns) + " | "
+             + " | ".join(f"objective: {c}" for c in columns) + " | epochs | closest |",
+             "|---:|---|" + "---:|" * (2 * len(columns) + 1) + "---|"]
+    order = {n: i for i, n in enumerate(NORM_ORDER)}
+    groups = table.groupby(["batch_size", "norm"])
+    for bs, norm in sorted(groups.groups, key=lambda k: (-k[0], order.get(k[1], len(order)), k[1])):
+        at = groups.get_group((bs, norm)).set_index("column")
+        errors = at["val_error_distance"].sort_values()
+        apart = len(errors) == 1 or errors.iloc[1] - errors.iloc[0] > CLOSER_BY
+        closest = errors.index[0] if apart else "tie"
+        cells = [f"{100 * at.at[c, 'val_error_distance']:.2f}" if c in at.index else "–" for c in columns]
+        cells += [f"{at.at[c, 'val_loss_distance']:.3f}" if c in at.index else "–" for c in columns]
+        name = STYLES[norm].writeup_name if norm in STYLES else norm
+        epochs = int(at["epochs"].max())
+        lines.append(f"| {bs} | {name} | " + " | ".join(cells) + f" | {epochs} | {closest} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(df: pd.DataFrame, out_dir: Path, fmt: str = "png", writeup_limits: bool = False,
                  not_started: pd.DataFrame | None = None) -> list[Path]:
     """bs-<N>.<fmt> per batch size, summary.<fmt>, summary.csv and summary.md in ``out_dir``, and claims.md
-    (the writeup's claims, per protocol, waiting for the runs ``not_started``); curve_distance.csv where runs
-    are comparable with the writeup's; where the runs vary the learning rate, lr_sensitivity.<fmt>,
+    (the writeup's claims, per protocol, waiting for the runs ``not_started``); curve_distance.csv and .md
+    where runs are comparable with the writeup's; where the runs vary the learning rate, lr_sensitivity.<fmt>,
     best_rate.<fmt>, rates.csv, best_rates.csv and best_rates.md; their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -422,6 +454,7 @@ def write_report(df: pd.DataFrame, out_dir: Path, fmt: str = "png", writeup_limi
     distance = results.curve_distance(near)
     if len(distance):  # runs on the writeup's data and epochs: how far each lies from its figure's line
         texts["curve_distance.csv"] = distance.to_csv(index=False)
+        texts["curve_distance.md"] = distance_markdown(distance)
     rates = results.rate_table(df)
     if results.varies_rate(rates):
         best = results.best_rates(rates, *results.code_rates())

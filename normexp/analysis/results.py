@@ -14,7 +14,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +78,20 @@ def planned_jobs(sweep_dir: Path) -> list[sweeps.PlannedJob] | None:
     return sweeps.planned_jobs(OmegaConf.load(path)) if path.is_file() else None
 
 
-def not_started(paths: Iterable[str | Path]) -> pd.DataFrame:
+def labelled(path: str | Path, labels: Mapping[Path, str] | None) -> str | None:
+    """The protocol name ``labels`` (folder -> name) gives the runs at ``path``: its nearest labelled folder's
+    name, or None (the protocol the run's settings make). A label names a protocol that the settings do not
+    tell apart, such as the code's protocol at another fixed rate ("drawn")."""
+    at = Path(path).resolve()
+    inside = [(len(folder.resolve().parts), name) for folder, name in (labels or {}).items()
+              if at.is_relative_to(folder.resolve())]
+    return max(inside)[1] if inside else None
+
+
+def not_started(paths: Iterable[str | Path], labels: Mapping[Path, str] | None = None) -> pd.DataFrame:
     """The runs that the sweeps in ``paths`` (and below them) planned and that have no run folder yet, one
-    row per seed: ``NOT_STARTED_COLUMNS``. A sweep whose plan cannot be read adds none (``load`` says so)."""
+    row per seed: ``NOT_STARTED_COLUMNS``. A sweep whose plan cannot be read adds none (``load`` says so);
+    ``labels`` as in ``load``."""
     rows = []
     for path in map(Path, paths):
         for sweep_dir in find_sweep_dirs(path) if path.is_dir() else []:
@@ -89,7 +100,8 @@ def not_started(paths: Iterable[str | Path]) -> pd.DataFrame:
             except PLAN_ERRORS:
                 continue
             rows += [{"sweep_dir": str(sweep_dir), "job": job.name, "norm": job.norm,
-                      "batch_size": job.batch_size, "seed": seed, "protocol": job.protocol}
+                      "batch_size": job.batch_size, "seed": seed,
+                      "protocol": labelled(sweep_dir, labels) or job.protocol}
                      for job in plan for seed, folder in _seed_folders(job)
                      if not runfiles.is_run_dir(sweep_dir / folder)]
     return pd.DataFrame(rows, columns=NOT_STARTED_COLUMNS)
@@ -102,12 +114,13 @@ def _seed_folders(job: sweeps.PlannedJob) -> list[tuple[Any, str]]:
     return [(seed, f"{job.name}/{runfiles.SEED_FOLDER.format(seed)}") for seed in job.seeds]
 
 
-def load(paths: Iterable[str | Path], skipped: list[str] | None = None) -> pd.DataFrame:
+def load(paths: Iterable[str | Path], skipped: list[str] | None = None,
+         labels: Mapping[Path, str] | None = None) -> pd.DataFrame:
     """Every run in ``paths`` (sweep folders, folders of sweeps, single run folders) as one DataFrame.
 
     Columns: ``RUN_COLUMNS`` (one value per run), then ``EPOCH_COLUMNS`` (from metrics.csv). Runs that
     could not be read, and jobs a sweep planned that have no folder yet, are described in ``skipped``, one
-    line each.
+    line each. ``labels`` (folder -> name) names the protocol of the runs in a folder (``labelled``).
     """
     skipped = [] if skipped is None else skipped
     runs: dict[Path, dict[str, Any]] = {}
@@ -120,7 +133,8 @@ def load(paths: Iterable[str | Path], skipped: list[str] | None = None) -> pd.Da
             if run_dir.resolve() in runs:
                 continue  # the same run reached through two of ``paths``
             try:
-                runs[run_dir.resolve()] = read_run(run_dir)
+                runs[run_dir.resolve()] = run = read_run(run_dir)
+                run["settings"]["protocol"] = labelled(run_dir, labels) or run["settings"]["protocol"]
             except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError, OmegaConfBaseException) as err:
                 skipped.append(f"{run_dir}: unreadable, left out ({type(err).__name__}: {err})")
     runs = _drop_duplicates(runs, skipped)
