@@ -248,6 +248,25 @@ def test_a_sweep_over_the_rate_gets_the_sensitivity_figure_and_the_best_rate_tab
     assert [ln.get_xdata().tolist() for ln in crosses] == [[0.1]]  # the diverged run, marked
 
 
+def test_claims_split_by_rate_only_where_a_protocol_has_a_rate_axis(tmp_path):
+    for bs in (2, 1):  # the text's protocol at its one rate per batch size: a column of its own
+        make_run(tmp_path / "text", "gn", bs, 0, (0.1, 0.01))
+        for norm in ("bn", "brn"):
+            make_run(tmp_path / "text", norm, bs, 0, (0.9, 0.9))
+        for lr in (0.001, 0.01):  # a labelled rate sweep: BN and BRN converge at their best rate only
+            make_run(tmp_path / "lr", "gn", bs, 0, (0.1, 0.02), extra=(f"optim.lr={lr}",), lr=lr)
+            for norm in ("bn", "brn"):
+                err = 0.03 if lr == 0.001 else 0.9
+                make_run(tmp_path / "lr", norm, bs, 0, (0.1, err), extra=(f"optim.lr={lr}",), lr=lr)
+    df = results.load([tmp_path / "text", tmp_path / "lr"], labels={tmp_path / "lr": "lr"})
+    plots.write_report(df, tmp_path / "out")
+    table = (tmp_path / "out" / "claims.md").read_text().splitlines()
+    assert table[0] == "| claim | lr at its best rate | lr at the fixed rate | text |"
+    only_gn = next(line for line in table if line.startswith("| bs 2 and 1: only GN converges"))
+    assert [cell.split(":")[0].strip() for cell in only_gn.split("|")[2:5]] == ["no", "yes", "yes"]
+    assert set(pd.read_csv(tmp_path / "out" / "rates.csv")["protocol"]) == {"lr"}
+
+
 def test_a_sweep_at_one_rate_gets_no_rate_figures(sweep, tmp_path):
     written = [p.name for p in plots.write_report(results.load([sweep]), tmp_path / "out")]
     assert "lr_sensitivity.png" not in written

@@ -456,17 +456,23 @@ def write_report(df: pd.DataFrame, out_dir: Path, fmt: str = "png", writeup_limi
         texts["curve_distance.csv"] = distance.to_csv(index=False)
         texts["curve_distance.md"] = distance_markdown(distance)
     rates = results.rate_table(df)
-    if results.varies_rate(rates):
+    axes = results.rate_axes(rates)
+    if axes:  # the protocols with a rate axis; the others' runs decide the claims at their own rates
+        rates = rates[rates["protocol"].isin(axes)]
         best = results.best_rates(rates, *results.code_rates())
         written.append(_save(lr_sensitivity_figure(rates), out_dir / f"lr_sensitivity.{fmt}"))
         written.append(_save(best_rate_figure(best), out_dir / f"best_rate.{fmt}"))
         texts["rates.csv"] = rates.to_csv(index=False)
         texts["best_rates.csv"] = best.to_csv(index=False)
         texts["best_rates.md"] = results.best_rates_markdown(best)
-        waiting = None if not_started is None else pd.concat(  # a run not started may be either
-            [not_started.assign(protocol=not_started["protocol"] + " " + label)
-             for label in ("at the fixed rate", "at its best rate")], ignore_index=True)
-        texts["claims.md"] = claims.claims_markdown(claims.claims_table(results.at_rates(df, best), waiting))
+        waiting = not_started
+        if not_started is not None:  # a run not started on a rate axis may be at either rate
+            axis = not_started["protocol"].isin(axes)
+            labelled = (not_started[axis].assign(protocol=not_started.loc[axis, "protocol"] + " " + label)
+                        for label in ("at the fixed rate", "at its best rate"))
+            waiting = pd.concat([not_started[~axis], *labelled], ignore_index=True)
+        table = claims.claims_table(results.at_rates(df, best, axes), waiting)
+        texts["claims.md"] = claims.claims_markdown(table)
     for name, text in texts.items():
         runfiles.write_atomic(out_dir / name, text.encode())
     return [*written, *(out_dir / name for name in texts)]

@@ -493,10 +493,16 @@ def rate_table(df: pd.DataFrame) -> pd.DataFrame:
                                        "unfinished", "error", "error_min", "error_max"])
 
 
+def rate_axes(rates: pd.DataFrame) -> set[str]:
+    """The protocols whose runs (``rate_table``) have the rate as an axis: several rates for one norm and
+    batch size within the protocol (the two protocols' own rates, side by side, are not)."""
+    several = rates.groupby(["protocol", "norm", "batch_size"])["lr"].nunique() > 1
+    return set(several[several].index.get_level_values("protocol"))
+
+
 def varies_rate(rates: pd.DataFrame) -> bool:
-    """Whether the rate is an axis of these runs (``rate_table``): several rates for one norm and batch size
-    within one protocol (the two protocols' own rates, side by side, are not)."""
-    return bool((rates.groupby(["protocol", "norm", "batch_size"])["lr"].nunique() > 1).any())
+    """Whether the rate is an axis of any of these runs (``rate_axes``)."""
+    return bool(rate_axes(rates))
 
 
 SGD_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "optim" / "sgd.yaml"  # the writeup's rates
@@ -539,12 +545,16 @@ def best_rates(rates: pd.DataFrame, fixed: dict[str, float], reference_batch: in
     return pd.DataFrame(rows)
 
 
-def at_rates(df: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
+def at_rates(df: pd.DataFrame, best: pd.DataFrame, axes: Iterable[str] | None = None) -> pd.DataFrame:
     """The rows of ``df`` (``load``) of the runs at their norm's best rate and at the code's fixed rate
     (``best_rates``'s best_lr and fixed_lr) for their protocol and batch size, the protocol named "<protocol>
     at its best rate" and "<protocol> at the fixed rate": the claims decided with every norm at its own
-    best rate, beside the one rate of the writeup's code."""
+    best rate, beside the one rate of the writeup's code. Where ``axes`` names the protocols with a rate
+    axis (``rate_axes``), only theirs are so split; the other protocols' rows stay as they are."""
     keys, parts = ["protocol", "norm", "batch_size"], []
+    if axes is not None:
+        parts.append(df[~df["protocol"].isin(set(axes))])
+        df = df[df["protocol"].isin(set(axes))]
     for column, label in (("fixed_lr", "at the fixed rate"), ("best_lr", "at its best rate")):
         rows = df.merge(best[[*keys, column]].rename(columns={column: "lr"}), on=[*keys, "lr"])
         parts.append(rows.assign(protocol=rows["protocol"] + " " + label))
