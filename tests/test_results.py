@@ -321,3 +321,15 @@ def test_a_label_names_the_protocol_of_the_runs_in_its_folder(tmp_path):
     assert results.labelled(tmp_path / "code", labels) is None
     nested = {tmp_path: "outer", tmp_path / "drawn": "inner"}  # the nearest labelled folder names it
     assert results.labelled(tmp_path / "drawn" / "seed0", nested) == "inner"
+
+
+def test_epoch_caps_that_differ_only_at_other_batch_sizes_make_no_variant(tmp_path):
+    CAPS = ("+train.max_epochs_by_batch_size.2=10", "+train.max_epochs_by_batch_size.1=5")  # noqa: N806
+    s = tmp_path / "s"
+    make_run(s, "gn", 256, 0, (0.1, 0.05), extra=("+train.max_epochs_by_batch_size.1=10",))
+    make_run(s, "gn", 256, 1, (0.1, 0.06), extra=CAPS)
+    make_run(s, "gn", 1, 0, (0.1, 0.07), extra=CAPS)
+    assert set(results.runs(results.load([s]))["variant"]) == {"gn"}
+    make_run(s, "gn", 1, 1, (0.1, 0.08), extra=("+train.max_epochs_by_batch_size.1=2",))  # 2 epochs, not 5
+    at_1 = results.runs(results.load([s])).query("batch_size == 1")
+    assert at_1["variant"].nunique() == 2  # runs of other lengths are never averaged

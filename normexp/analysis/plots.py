@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, MaxNLocator, NullLocator
@@ -81,7 +81,7 @@ PROTOCOL_LINES = {"text": "-", "code": "--"}  # where runs of both protocols are
 
 
 def variant_styles(df: pd.DataFrame) -> dict[str, Style]:
-    """The norm's style for a plain variant; the variants of one norm (group counts) get a colour ramp;
+    """The norm's style for a plain variant; the variants of one norm (group counts) get shades of its colour;
     with both protocols, a variant's protocol ("gn [code]") its line style."""
     core = {v: re.sub(r" \[[^]]*\]$", "", v) for v in ordered_variants(df)}
     styles = _core_styles(list(dict.fromkeys(core.values())))
@@ -101,9 +101,10 @@ def _core_styles(variants: list[str]) -> dict[str, Style]:
         if own == [name]:
             styles[name] = base
             continue
-        colors = colormaps["viridis"](np.linspace(0.0, 0.85, len(own)))
-        for v, c in zip(own, colors, strict=True):
-            styles[v] = Style(base.writeup_name, _hex(c), base.marker, base.linestyle)
+        for v, shade in zip(own, np.linspace(-0.5, 0.5, len(own)), strict=True):  # the norm's own colour,
+            rgb = np.array(to_rgb(base.color))  # from darker to lighter
+            rgb = rgb * (1 + shade) if shade < 0 else rgb + shade * (1 - rgb)
+            styles[v] = Style(base.writeup_name, _hex(rgb), base.marker, base.linestyle)
     return styles
 
 
@@ -440,16 +441,13 @@ def write_report(df: pd.DataFrame, out_dir: Path, fmt: str = "png", writeup_limi
     """bs-<N>.<fmt> per batch size, summary.<fmt>, summary.csv and summary.md in ``out_dir``, and claims.md
     (the writeup's claims, per protocol, waiting for the runs ``not_started``); curve_distance.csv and .md
     where runs are comparable with the writeup's; where the runs vary the learning rate, lr_sensitivity.<fmt>,
-    best_rate.<fmt>, rates.csv, best_rates.csv and best_rates.md; their paths."""
+    best_rate.<fmt>, rates.csv, best_rates.csv and best_rates.md, and the figures and claims of a protocol
+    with a rate axis show each norm at its best rate (claims also at the fixed rate); their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for bs in batch_sizes(df):
-        written.append(_save(convergence_figure(df, bs, writeup_limits), out_dir / f"bs-{bs}.{fmt}"))
-    written.append(_save(summary_figure(df), out_dir / f"summary.{fmt}"))
+    written, drawn, decided, waiting = [], df, df, not_started
     table = results.summary_table(df)
     texts = {"summary.csv": table.to_csv(index=False),
-             "summary.md": results.summary_markdown(table, NORM_ORDER),
-             "claims.md": claims.claims_markdown(claims.claims_table(df, not_started))}
+             "summary.md": results.summary_markdown(table, NORM_ORDER)}
     near = df[df["run_dir"].isin(results.runs(df).loc[lambda r: results.comparable(r), "run_dir"])]
     distance = results.curve_distance(near)
     if len(distance):  # runs on the writeup's data and epochs: how far each lies from its figure's line
@@ -457,7 +455,7 @@ def write_report(df: pd.DataFrame, out_dir: Path, fmt: str = "png", writeup_limi
         texts["curve_distance.md"] = distance_markdown(distance)
     rates = results.rate_table(df)
     axes = results.rate_axes(rates)
-    if axes:  # the protocols with a rate axis; the others' runs decide the claims at their own rates
+    if axes:  # the protocols with a rate axis; the others' runs stay at their own rates
         rates = rates[rates["protocol"].isin(axes)]
         best = results.best_rates(rates, *results.code_rates())
         written.append(_save(lr_sensitivity_figure(rates), out_dir / f"lr_sensitivity.{fmt}"))
@@ -465,14 +463,17 @@ def write_report(df: pd.DataFrame, out_dir: Path, fmt: str = "png", writeup_limi
         texts["rates.csv"] = rates.to_csv(index=False)
         texts["best_rates.csv"] = best.to_csv(index=False)
         texts["best_rates.md"] = results.best_rates_markdown(best)
-        waiting = not_started
+        decided = results.at_rates(df, best, axes)
+        drawn = decided[~decided["protocol"].str.endswith(" at the fixed rate")]
         if not_started is not None:  # a run not started on a rate axis may be at either rate
             axis = not_started["protocol"].isin(axes)
             labelled = (not_started[axis].assign(protocol=not_started.loc[axis, "protocol"] + " " + label)
                         for label in ("at the fixed rate", "at its best rate"))
             waiting = pd.concat([not_started[~axis], *labelled], ignore_index=True)
-        table = claims.claims_table(results.at_rates(df, best, axes), waiting)
-        texts["claims.md"] = claims.claims_markdown(table)
+    texts["claims.md"] = claims.claims_markdown(claims.claims_table(decided, waiting))
+    for bs in batch_sizes(drawn):
+        written.append(_save(convergence_figure(drawn, bs, writeup_limits), out_dir / f"bs-{bs}.{fmt}"))
+    written.append(_save(summary_figure(drawn), out_dir / f"summary.{fmt}"))
     for name, text in texts.items():
         runfiles.write_atomic(out_dir / name, text.encode())
     return [*written, *(out_dir / name for name in texts)]

@@ -251,8 +251,8 @@ def identity(cfg: DictConfig, marker: dict[str, Any] | None) -> str:
             settings = runfiles.result_settings(OmegaConf.to_container(cfg, resolve=True))
         except OmegaConfBaseException:
             settings = runfiles.result_settings(OmegaConf.to_container(cfg, resolve=False))
-    length = {key: OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, key)}))["v"]
-              for key in runfiles.LENGTH_KEYS}
+    length = sweeps.planned_epochs(cfg.train.get("epochs"), cfg.train.get("max_epochs_by_batch_size"),
+                                   cfg.get("batch_size"))
     return json.dumps([settings, runfiles.data_id(marker), length], sort_keys=True, default=str)
 
 
@@ -277,7 +277,9 @@ def run_settings(run_dir: Path, cfg: DictConfig, summary: dict[str, Any] | None)
 
 def variants(configs: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Per run folder: the norm name, plus the settings in which the runs of that norm differ, as in
-    "gn groups=5" (settings in ``NOT_VARIANT_KEYS`` and settings some runs lack are not counted)."""
+    "gn groups=5" (settings in ``NOT_VARIANT_KEYS`` and settings some runs lack are not counted). The length
+    keys count only where two runs of the norm at one batch size plan different epochs (epoch caps that
+    differ at other batch sizes make no variant)."""
     flat = {run_dir: runfiles.flatten(config) for run_dir, config in configs.items()}
     by_norm: dict[str, list[str]] = {}
     for run_dir, settings in flat.items():
@@ -286,6 +288,12 @@ def variants(configs: dict[str, dict[str, Any]]) -> dict[str, str]:
     for name, run_dirs in by_norm.items():
         keys = {k for k in set.intersection(*(set(flat[d]) for d in run_dirs)) - set(NOT_VARIANT_KEYS)
                 if not k.startswith(runfiles.NOT_RESULT_PREFIXES)}
+        planned: dict[Any, set] = {}
+        for d in run_dirs:
+            bs, caps = flat[d]["batch_size"], flat[d].get("train.max_epochs_by_batch_size")
+            planned.setdefault(bs, set()).add(sweeps.planned_epochs(flat[d].get("train.epochs"), caps, bs))
+        if all(len(epochs) == 1 for epochs in planned.values()):
+            keys -= set(runfiles.LENGTH_KEYS)
         varying = sorted(k for k in keys if len({json.dumps(flat[d][k]) for d in run_dirs}) > 1)
         for d in run_dirs:
             names[d] = " ".join([name, *(f"{k.removeprefix('norm.')}={flat[d][k]}" for k in varying)])

@@ -141,11 +141,13 @@ def job_dir_name(config: DictConfig, overrides: list[str], num: int) -> str:
 
 
 def planned_epochs(epochs: Any, caps: Any, batch_size: Any) -> int | None:
-    """``train.epochs`` capped by ``train.max_epochs_by_batch_size``, as the trainer plans them."""
+    """``train.epochs`` capped by ``train.max_epochs_by_batch_size``, as the trainer plans them (the caps'
+    batch sizes may be strings, as JSON keeps them)."""
     if not isinstance(epochs, int):
         return None
     caps = OmegaConf.to_container(caps) if OmegaConf.is_config(caps) else caps
-    cap = caps.get(batch_size) if isinstance(caps, dict) else None
+    cap = ({int(k): v for k, v in caps.items() if str(k).isdigit()}.get(batch_size)
+           if isinstance(caps, dict) else None)
     return epochs if cap is None else min(epochs, cap)
 
 
