@@ -3,8 +3,10 @@
     python scripts/plot_sweep.py outputs/sweeps/mcn_sweep_<time> [--out DIR] [--format pdf] [--writeup-ylim]
     python scripts/plot_sweep.py outputs/writeup/code outputs/writeup/text drawn=outputs/lr/mcn_drawn_sweep
 
-Writes bs-<N>.<format> for every batch size present, summary.<format>, summary.csv and summary.md into the
-(first) sweep folder, or into --out. Works on a partial sweep; what it leaves out, and why, goes to stderr.
+Writes bs-<N>.<format> for every batch size present, summary.<format>, summary.csv, summary.md, claims.md and,
+for runs on the writeup's data, curve_distance.md (for a rate sweep, its rate figures and tables too) into
+the (first) sweep folder, or into --out. Works on a partial sweep; what it leaves out, and why, goes to
+stderr.
 A FOLDER written NAME=FOLDER names the protocol of its runs in the tables and figures (where their settings
 do not tell it apart: the code's protocol at the drawn rate, say); a word of letters, digits, "_" or "-".
 """

@@ -165,6 +165,7 @@ def load_script():
 @pytest.mark.parametrize("args, message", [
     (("{sweep}", "--format", "svg"), "--format=svg: allowed: png, pdf"),
     (("{tmp}/nope",), "sweep={tmp}/nope: no such folder"),
+    (("drawn={tmp}/nope",), "sweep=drawn={tmp}/nope: no such folder"),
     (("{tmp}/empty",), "sweep={tmp}/empty: no run folders found (a run folder holds summary.json, "
                        "metrics.csv or .hydra/config.yaml)"),
     ((), "the following arguments are required: FOLDER"),
