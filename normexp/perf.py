@@ -45,7 +45,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -189,12 +189,21 @@ def cache_path() -> Path:
     return cache_dir() / f"cpu-settings-{digest}.json"
 
 
-# path -> (modification time and size when read, the table or None): read once, warned about once
-_read: dict[Path, tuple[tuple[int, int], dict[str, dict[int, CpuSettings]] | None]] = {}
+class Cache(NamedTuple):
+    """A cache file as read: per family and batch size, the settings measured and, where measured, whether
+    packed seeds won (``normexp.tune``'s measure_packing)."""
+
+    settings: dict[str, dict[int, CpuSettings]]
+    packing_wins: dict[str, dict[int, bool]]
 
 
-def _parse_cache(content: Any, name: str) -> dict[str, dict[int, CpuSettings]]:
-    """The cache's table (family -> batch size -> settings); ValueError saying what is wrong."""
+# path -> (modification time and size when read, the cache or None): read once, warned about once
+_read: dict[Path, tuple[tuple[int, int], Cache | None]] = {}
+
+
+def _parse_cache(content: Any, name: str) -> Cache:
+    """The cache's tables (family -> batch size -> settings, and packing's verdict); ValueError saying what
+    is wrong."""
     if not isinstance(content, dict) or "schema" not in content:
         raise ValueError("not a normexp CPU settings cache")
     if content["schema"] != CACHE_SCHEMA:
@@ -205,10 +214,11 @@ def _parse_cache(content: Any, name: str) -> dict[str, dict[int, CpuSettings]]:
     if not isinstance(families, dict):
         raise ValueError("no 'families' table")
     table: dict[str, dict[int, CpuSettings]] = {}
+    packing: dict[str, dict[int, bool]] = {}
     for family, cells in families.items():
         if not (isinstance(family, str) and family and isinstance(cells, dict)):
             raise ValueError(f"family {family!r}: not a table of batch sizes")
-        table[family] = {}
+        table[family], packing[family] = {}, {}
         for batch_size, cell in cells.items():
             if not (isinstance(batch_size, str) and batch_size.isdigit() and int(batch_size) >= 1):
                 raise ValueError(f"{family}: batch size {batch_size!r}")
@@ -218,12 +228,14 @@ def _parse_cache(content: Any, name: str) -> dict[str, dict[int, CpuSettings]]:
             table[family][int(batch_size)] = CpuSettings(
                 settings.threads, settings.mkldnn, settings.channels_last, source=source
             )
-    return table
+            if isinstance(cell.get("packed"), dict):
+                packing[family][int(batch_size)] = bool(cell["packed"].get("wins"))
+    return Cache(table, packing)
 
 
-def load_cache(path: Path | None = None) -> dict[str, dict[int, CpuSettings]] | None:
-    """This machine's measured settings (family -> batch size -> settings), or None where there are none.
-    A corrupt or foreign file gets one warning naming it, and None (the fallback is used)."""
+def _load(path: Path | None = None) -> Cache | None:
+    """The cache file at ``path`` (this machine's by default) as read, or None where there is none. A
+    corrupt or foreign file gets one warning naming it, and None (the fallback is used)."""
     path = cache_path() if path is None else path
     try:
         stat = path.stat()
@@ -233,13 +245,20 @@ def load_cache(path: Path | None = None) -> dict[str, dict[int, CpuSettings]] | 
     if path in _read and _read[path][0] == signature:
         return _read[path][1]
     try:
-        table = _parse_cache(json.loads(path.read_text()), path.name)
+        cache = _parse_cache(json.loads(path.read_text()), path.name)
     except (OSError, UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
         log.warning("ignoring the CPU settings cache %s (%s); using the built-in rule", path,
                     str(err).splitlines()[0])
-        table = None
-    _read[path] = (signature, table)
-    return table
+        cache = None
+    _read[path] = (signature, cache)
+    return cache
+
+
+def load_cache(path: Path | None = None) -> dict[str, dict[int, CpuSettings]] | None:
+    """This machine's measured settings (family -> batch size -> settings), or None where there are none
+    (or the file is corrupt or foreign: ``_load``)."""
+    cache = _load(path)
+    return None if cache is None else cache.settings
 
 
 def nearest(batch_size: int, measured: list[int] | set[int] | dict[int, Any]) -> int:
@@ -309,12 +328,9 @@ def pack_size(requested: int | str, device: torch.device, seeds: int, family: st
 
 def packing_wins(family: str, batch_size: int) -> bool:
     """Whether the measured cell nearest ``batch_size`` found packed seeds cheaper beyond the noise."""
-    if load_cache() is None:  # none, or not this machine's (warned about there)
-        return False
-    cells = {int(bs): cell["packed"] for bs, cell in
-             json.loads(cache_path().read_text())["families"].get(family, {}).items()
-             if isinstance(cell.get("packed"), dict)}
-    return bool(cells) and bool(cells[nearest(batch_size, cells)].get("wins"))
+    cache = _load()  # None: none, or not this machine's (warned about there)
+    cells = {} if cache is None else cache.packing_wins.get(family, {})
+    return bool(cells) and cells[nearest(batch_size, cells)]
 
 
 def apply(settings: CpuSettings) -> None:
