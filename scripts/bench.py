@@ -10,6 +10,9 @@
     DataLoader(shuffle=True), the same LeNet, torch.optim.SGD with momentum and weight decay, default torch
     settings, loss.item() every step.
 Each repetition times a block of one, then of the other (the order alternates); the table shows medians.
+The epoch columns add each loop's own evaluation of the test split (normexp's at train.eval_batch_size, the
+reference's test() at 1000 a batch; 3 alternating passes, the median) to the training split's steps at the
+median step time: an epoch of a run, start-up aside.
 Without --data-root both read the same synthetic MNIST-format files of 60,000 + 10,000 random digits.
 
 With --packed, instead: three seeds of one configuration (train.seeds) packed in one network (normexp's own
@@ -62,6 +65,8 @@ BATCH_SIZES = "1,2,4,16,32,64,128,256"
 DEFAULT_JSON = ROOT / "outputs" / "bench" / "bench.json"
 FULL_TRAIN, FULL_TEST = 60_000, 10_000  # MNIST: what the sweep estimate is for
 WARMUP_STEPS = 5
+EVAL_REPEATS = 3  # timed evaluations of the test split per loop and row (a whole pass each)
+REFERENCE_TEST_BATCH = 1000  # pytorch/examples' --test-batch-size
 # torch's own settings in this process, before anything here changes them: the reference runs under these
 TORCH_DEFAULTS = perf.CpuSettings(threads=torch.get_num_threads(), mkldnn=torch.backends.mkldnn.enabled)
 # PyTorch's own GPU numerics, which the reference keeps and normexp's set-up changes (trainer.exact_float32)
@@ -142,6 +147,9 @@ class ReferenceLoop:
         if self.device.type == "cuda":
             loader_kwargs.update(num_workers=1, pin_memory=True)
         self.loader = torch.utils.data.DataLoader(dataset, **loader_kwargs)
+        test_set = datasets.MNIST(str(data_root), train=False, download=False, transform=transform)
+        self.test_loader = torch.utils.data.DataLoader(
+            test_set, **loader_kwargs | {"batch_size": REFERENCE_TEST_BATCH, "shuffle": False})
         self.batches = iter(self.loader)
         self.model = LeNet(partial(norm.create_norm_layer, cfg.norm), conv_weight=norm.conv_weight(cfg.norm),
                            activation=norm.activation(cfg.norm)).to(self.device)
@@ -176,6 +184,18 @@ class ReferenceLoop:
             samples += len(target)
         return samples
 
+    def evaluate(self) -> None:
+        """pytorch/examples' test(): the test split in eval mode, summed loss and correct count."""
+        perf.apply(TORCH_DEFAULTS)
+        self.model.eval()
+        test_loss, correct = 0.0, 0
+        with torch.no_grad():
+            for images, target in self.test_loader:
+                images, target = images.to(self.device), target.to(self.device)
+                output = self.model(images)
+                test_loss += F.cross_entropy(output, target, reduction="sum").item()
+                correct += output.argmax(1).eq(target).sum().item()
+
 
 def timed(loop, steps: int) -> tuple[float, int]:
     """(seconds, samples) of ``steps`` steps of ``loop``."""
@@ -209,6 +229,15 @@ def compare(norm_name: str, batch_size: int, args: argparse.Namespace, data_root
             rates[name].append(samples / seconds)
             step_ms[name].append(seconds / steps * 1e3)
     ours_rate, ref_rate = statistics.median(rates["normexp"]), statistics.median(rates["reference"])
+    eval_s = {"normexp": [], "reference": []}
+    for repeat in range(EVAL_REPEATS):
+        order = [("normexp", ours), ("reference", ref)]
+        for name, loop in order if repeat % 2 == 0 else order[::-1]:
+            eval_s[name].append(_eval_seconds(loop))
+    # an epoch: the training split's steps at the median step time, then one evaluation of the test split
+    n_train = len(ref.loader.dataset)
+    epoch_s = {name: math.ceil(n_train / batch_size) * statistics.median(step_ms[name]) / 1e3
+               + statistics.median(eval_s[name]) for name in eval_s}
     return {
         "norm": norm_name, "batch_size": batch_size, "steps_per_block": steps,
         "normexp_samples_per_s": ours_rate, "reference_samples_per_s": ref_rate,
@@ -217,6 +246,8 @@ def compare(norm_name: str, batch_size: int, args: argparse.Namespace, data_root
         "reference_ms_per_step": statistics.median(step_ms["reference"]),
         "normexp_settings": asdict(ours.setup.cpu) | {"fused_sgd": cfg.train.fast},
         "reference_settings": asdict(TORCH_DEFAULTS), "samples_per_s": rates,
+        "eval_seconds": eval_s, "training_digits": n_train, "normexp_epoch_s": epoch_s["normexp"],
+        "reference_epoch_s": epoch_s["reference"], "epoch_ratio": epoch_s["reference"] / epoch_s["normexp"],
     }  # fmt: skip
 
 
@@ -248,7 +279,7 @@ def compare_packed(norm_name: str, batch_size: int, args: argparse.Namespace, da
     }  # fmt: skip
 
 
-def _eval_seconds(loop: NormexpLoop) -> float:
+def _eval_seconds(loop: NormexpLoop | ReferenceLoop) -> float:
     start = time.perf_counter()
     loop.evaluate()
     return time.perf_counter() - start
@@ -396,11 +427,13 @@ def markdown_table(columns: list[str], rows: list[list[str]], left: tuple[str, .
 
 def table(rows: list[dict], jobs: int) -> str:
     columns = ["norm", "batch size", "normexp samples/s", "reference samples/s", "ratio", "normexp ms/step",
-               "reference ms/step", f"box samples/s, {jobs} runs", "box ratio", "peak RSS MB"]
+               "reference ms/step", "normexp epoch s", "reference epoch s", "epoch ratio",
+               f"box samples/s, {jobs} runs", "box ratio", "peak RSS MB"]
     return markdown_table(columns, [
         [r["norm"], f"{r['batch_size']}", f"{r['normexp_samples_per_s']:.0f}",
          f"{r['reference_samples_per_s']:.0f}", f"{r['ratio']:.2f}x", f"{r['normexp_ms_per_step']:.3f}",
-         f"{r['reference_ms_per_step']:.3f}", f"{r['box_samples_per_s']:.0f}", f"{r['box_ratio']:.2f}x",
+         f"{r['reference_ms_per_step']:.3f}", f"{r['normexp_epoch_s']:.2f}", f"{r['reference_epoch_s']:.2f}",
+         f"{r['epoch_ratio']:.2f}x", f"{r['box_samples_per_s']:.0f}", f"{r['box_ratio']:.2f}x",
          f"{r['peak_rss_mb']:.0f}"] for r in rows])
 
 
@@ -529,7 +562,9 @@ def bench_against_reference(norms: list[str], sizes: list[int], args: argparse.N
     start, rows = measure_rows(
         "normexp vs the pytorch/examples loop", compare,
         lambda r: (f"normexp {r['normexp_samples_per_s']:8.0f}/s  "
-                   f"reference {r['reference_samples_per_s']:8.0f}/s  {r['ratio']:.2f}x"),
+                   f"reference {r['reference_samples_per_s']:8.0f}/s  {r['ratio']:.2f}x; "
+                   f"epoch {r['normexp_epoch_s']:.1f} s against {r['reference_epoch_s']:.1f} s, "
+                   f"{r['epoch_ratio']:.2f}x"),
         norms, sizes, args, data_root)
     runs = sweep_runs(data_root, args.device)
     wanted = {(n, b) for n in norms for b in sizes}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import statistics
 import subprocess
 import sys
 from dataclasses import asdict
@@ -51,6 +52,12 @@ def test_tiny_benchmark_prints_its_table_and_writes_json(tmp_path):
         assert row["ratio"] == pytest.approx(row["normexp_samples_per_s"] / row["reference_samples_per_s"])
         assert len(row["samples_per_s"]["normexp"]) == len(row["samples_per_s"]["reference"]) == 2
         assert row["steps_per_block"] == 2 and row["peak_rss_mb"] > 0
+        # an epoch: the 256 training digits' 128 steps at the median step time, then the median evaluation
+        for loop in ("normexp", "reference"):
+            assert len(row["eval_seconds"][loop]) == 3 and min(row["eval_seconds"][loop]) > 0
+            assert row[f"{loop}_epoch_s"] == pytest.approx(
+                128 * row[f"{loop}_ms_per_step"] / 1e3 + statistics.median(row["eval_seconds"][loop]))
+        assert row["epoch_ratio"] == pytest.approx(row["reference_epoch_s"] / row["normexp_epoch_s"])
         # the table's normexp side runs alone on the box, with the trainer's settings for its batch size
         expected = perf.choose(row["batch_size"], torch.device("cpu"))
         assert row["normexp_settings"] == {**asdict(expected), "fused_sgd": True}
