@@ -453,10 +453,9 @@ def write_report(df: pd.DataFrame, out_dir: Path, fmt: str = "png", writeup_limi
     if len(distance):  # runs on the writeup's data and epochs: how far each lies from its figure's line
         texts["curve_distance.csv"] = distance.to_csv(index=False)
         texts["curve_distance.md"] = distance_markdown(distance)
-    rates = results.rate_table(df)
-    axes = results.rate_axes(rates)
-    if axes:  # the protocols with a rate axis; the others' runs stay at their own rates
-        rates = rates[rates["protocol"].isin(axes)]
+    rates = results.axis_rates(df)  # the protocols with a rate axis; the others' runs stay at their own rates
+    if len(rates):
+        axes = set(rates["protocol"])
         best = results.best_rates(rates, *results.code_rates())
         written.append(_save(lr_sensitivity_figure(rates), out_dir / f"lr_sensitivity.{fmt}"))
         written.append(_save(best_rate_figure(best), out_dir / f"best_rate.{fmt}"))

@@ -508,9 +508,11 @@ def rate_axes(rates: pd.DataFrame) -> set[str]:
     return set(several[several].index.get_level_values("protocol"))
 
 
-def varies_rate(rates: pd.DataFrame) -> bool:
-    """Whether the rate is an axis of any of these runs (``rate_axes``)."""
-    return bool(rate_axes(rates))
+def axis_rates(df: pd.DataFrame) -> pd.DataFrame:
+    """``rate_table``'s rows of the protocols with a rate axis (``rate_axes``); none where no protocol has
+    one."""
+    rates = rate_table(df)
+    return rates[rates["protocol"].isin(rate_axes(rates))]
 
 
 SGD_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "optim" / "sgd.yaml"  # the writeup's rates
