@@ -124,6 +124,16 @@ def test_variants_name_the_settings_that_differ_within_a_norm(tmp_path):
     ]
 
 
+def test_rate_variants_are_ordered_by_value_whatever_their_spelling():
+    # 0.0001 and 0.001 once made the same natural-sort key, and their order followed the set's hash order
+    names = ["none optim.lr=0.01", "none optim.lr=0.0001", "none optim.lr=3e-05", "none optim.lr=0.001",
+             "gn optim.lr=0.1"]
+    assert results.variant_order(names, ("none", "gn")) == [
+        "none optim.lr=3e-05", "none optim.lr=0.0001", "none optim.lr=0.001", "none optim.lr=0.01",
+        "gn optim.lr=0.1",
+    ]
+
+
 def test_summary_table_mean_std_and_status(sweep):
     make_run(sweep, "gn", 16, 0, (0.05,))
     make_run(sweep, "gn", 16, 1, (0.1,), status="diverged", diverged_epoch=2, epochs=3)

@@ -353,13 +353,17 @@ def summary_markdown(table: pd.DataFrame, order: Iterable[str] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
+NUMBER = re.compile(r"(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")  # 5, 0.0001, 3e-05: compared as numbers
+
+
 def variant_order(names: Iterable[str], norm_order: Iterable[str] = ()) -> list[str]:
-    """Variants sorted by norm (in ``norm_order`` first), then naturally ("groups=5" before "groups=10")."""
+    """Variants sorted by norm (in ``norm_order`` first), then naturally, numbers by value ("groups=5" before
+    "groups=10", "lr=3e-05" before "lr=0.0001" before "lr=0.001"), then by name: the same order every time."""
     rank = {name: i for i, name in enumerate(norm_order)}
 
     def key(variant: str) -> tuple:
-        parts = [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", variant)]
-        return rank.get(variant.split()[0], len(rank)), [(isinstance(p, str), p) for p in parts]
+        parts = [float(t) if NUMBER.fullmatch(t) else t for t in NUMBER.split(variant)]
+        return rank.get(variant.split()[0], len(rank)), [(isinstance(p, str), p) for p in parts], variant
 
     return sorted(set(names), key=key)
 
